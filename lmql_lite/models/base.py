@@ -1,0 +1,52 @@
+"""The protocol every model backend offers the interpreter: a vocabulary, a tokenizer and batched, cached forward passes."""
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+from ..index import Vocabulary
+
+
+class Batch(Protocol):
+    """Rows of token sequences that share one key/value cache; each row only ever grows or is truncated."""
+
+    def step(self, feeds: Sequence[Sequence[int]]) -> "torch.Tensor":  # noqa: F821
+        """Feed each row its new tokens (possibly none) in one forward pass.
+
+        Returns float32 logits after each row's last token, shape (rows, len(vocabulary)); a row
+        fed nothing gets the logits after its current last token again.
+        """
+
+    def truncate(self, row: int, n: int) -> None:
+        """Forget all but the first `n` tokens of `row`."""
+
+    def select(self, rows: Sequence[int]) -> None:
+        """Replace the rows by `rows` of the current ones (reorder, duplicate or drop)."""
+
+    def tokens(self, row: int) -> list[int]:
+        """The token ids `row` holds."""
+
+    @property
+    def forward_passes(self) -> int:
+        """How many forward passes this batch has run."""
+
+    @property
+    def tokens_fed(self) -> int:
+        """How many token positions went through the model (all rows together, no padding)."""
+
+
+class LanguageModel(Protocol):
+    name: str
+    vocabulary: Vocabulary
+    bos_ids: list[int]  # what a sequence starts with (empty when the model expects no BOS)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, with no special tokens added."""
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of `ids`."""
+
+    def role_markers(self, role: str) -> tuple[str, str]:
+        """(text that opens, text that closes) a chat message of `role`: system, user or assistant."""
+
+    def batch(self, rows: int = 1) -> Batch:
+        """A new, empty batch of `rows` sequences."""
