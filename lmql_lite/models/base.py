@@ -9,11 +9,13 @@ from ..index import Vocabulary
 class Batch(Protocol):
     """Rows of token sequences that share one key/value cache; each row only ever grows or is truncated."""
 
-    def step(self, feeds: Sequence[Sequence[int]]) -> "torch.Tensor":  # noqa: F821
+    def step(self, feeds: Sequence[Sequence[int]], all_logits: bool = False):
         """Feed each row its new tokens (possibly none) in one forward pass.
 
-        Returns float32 logits after each row's last token, shape (rows, len(vocabulary)); a row
-        fed nothing gets the logits after its current last token again.
+        Returns float32 logits after each row's last token, a tensor (rows, len(vocabulary)); a
+        row fed nothing gets the logits after its current last token again. With `all_logits`,
+        returns a list with, per row, the logits after each token fed to it: (len(feed), vocab)
+        — used to score given continuations (distribution clauses).
         """
 
     def truncate(self, row: int, n: int) -> None:
@@ -39,8 +41,9 @@ class LanguageModel(Protocol):
     vocabulary: Vocabulary
     bos_ids: list[int]  # what a sequence starts with (empty when the model expects no BOS)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, with no special tokens added."""
+    def encode(self, text: str, special: bool = False) -> list[int]:
+        """Token ids of `text`, with no BOS/EOS added; with `special`, marker text such as
+        `<|im_start|>` becomes its special token (chat markers), otherwise it is plain text."""
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`."""

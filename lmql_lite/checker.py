@@ -1,0 +1,85 @@
+"""Static checks of a compiled query that need no model: decoder and options, constraint functions, constrained names."""
+from __future__ import annotations
+
+import ast
+import difflib
+
+from . import compiler, nodes
+from .constraints import terms
+from .errors import ConstraintError, LmqlError, QueryArgumentError
+
+
+def check(program: compiler.Program) -> list[LmqlError]:
+    """Every problem found, in source order; an empty list means the query looks runnable."""
+    query = program.query
+    problems: list[LmqlError] = []
+    if query.decoder is not None:
+        problems += _check_decoder(program, query.decoder)
+    wheres = [p.where for p in query.prompts if p.where is not None]
+    if query.where is not None:
+        wheres.append(query.where)
+    for where in wheres:
+        problems += _check_where(program, where)
+    return sorted(problems, key=lambda e: (e.line or 0, e.column or 0))
+
+
+def _error(cls, program: compiler.Program, message: str, line: int, column: int) -> LmqlError:
+    return cls(message, file=program.filename, line=line, column=column, source_line=program.source_line(line))
+
+
+def _check_decoder(program: compiler.Program, decoder: nodes.Decoder) -> list[LmqlError]:
+    name = compiler.DECODER_ALIASES.get(decoder.name, decoder.name)
+    if name not in compiler.DECODERS:
+        hint = difflib.get_close_matches(decoder.name, list(compiler.DECODERS) + list(compiler.DECODER_ALIASES), 1)
+        message = f"unknown decoder '{decoder.name}'" + (f"; did you mean '{hint[0]}'?" if hint else
+                                                        f" (known: {', '.join(compiler.DECODERS)})")
+        return [_error(QueryArgumentError, program, message, decoder.pos.line, decoder.pos.column)]
+    known = compiler.DECODERS[name] | compiler.SHARED_OPTIONS
+    problems = []
+    if decoder.args and name == "argmax":
+        problems.append(_error(QueryArgumentError, program, "argmax takes no positional argument",
+                               decoder.pos.line, decoder.pos.column))
+    for key, expr in decoder.kwargs:
+        if key not in known:
+            problems.append(_error(QueryArgumentError, program,
+                                   f"unknown option '{key}' for {decoder.name} (known: {', '.join(sorted(known))})",
+                                   expr.pos.line, expr.pos.column))
+    return problems
+
+
+def _check_where(program: compiler.Program, where: nodes.Expr) -> list[LmqlError]:
+    try:
+        tree = compiler.parse_expr(program.query, where)
+    except LmqlError as e:
+        return [e]
+    holes = set(program.holes)
+    defined = set(program.defined) | set(program.inputs)
+    problems = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+            continue
+        fn = node.func.id
+        if fn.isupper() and fn not in terms.BUILTINS and fn not in program.defined:
+            hint = difflib.get_close_matches(fn, terms.BUILTINS, 1)
+            problems.append(_error(ConstraintError, program,
+                                   f"unknown constraint function {fn}" + (f"; did you mean {hint[0]}?" if hint else
+                                                                          f" (known: {', '.join(terms.BUILTINS)})"),
+                                   node.lineno, node.col_offset + 1))
+            continue
+        if (fn in terms.BUILTINS or fn == "len") and node.args and isinstance(node.args[0], ast.Name):
+            var = node.args[0]
+            if var.id not in holes and var.id not in defined:
+                problems.append(_unknown_hole(program, var, holes))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            for side in (node.left, *node.comparators):
+                if isinstance(side, ast.Name) and side.id not in holes and side.id not in defined \
+                        and side.id.isupper():
+                    problems.append(_unknown_hole(program, side, holes))
+    return problems
+
+
+def _unknown_hole(program: compiler.Program, var: ast.Name, holes: set[str]) -> LmqlError:
+    listed = ", ".join(sorted(holes)) or "none"
+    return _error(ConstraintError, program, f"constraint on {var.id}, but the query has no hole [{var.id}] "
+                  f"(holes: {listed})", var.lineno, var.col_offset + 1)

@@ -1,0 +1,357 @@
+"""Turns a parsed query into a Python generator function, using Python's own `ast`, so Python semantics stay Python's.
+
+Each prompt statement becomes a run of `yield`s: text to append, chat roles, and holes whose
+decoded value is sent back and bound to the hole's name. `where` clauses become small functions
+that build constraint terms (see `constraints.terms`). Everything else in the query body is
+compiled unchanged, so scopes, closures, imports and tool functions behave as in any Python
+function.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import copy
+import symtable
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import nodes
+from .constraints import terms
+from .errors import LmqlSyntaxError
+
+DECODERS = {
+    # name: the options it accepts, besides the shared ones
+    "argmax": frozenset(),
+    "sample": frozenset({"n", "temperature", "top_k", "top_p", "seed"}),
+    "beam": frozenset({"n"}),
+}
+DECODER_ALIASES = {"beam_var": "beam", "var": "beam", "best_k": "beam", "beam_sample": "sample"}
+SHARED_OPTIONS = frozenset({"max_len", "max_tokens", "chunksize", "openai_chunksize", "healing"})
+
+# Names compiled code refers to; a query's own names never start with "__lmql".
+_RT, _C, _RESOLVE, _PROMPT, _FN = "__lmql_rt__", "__lmql_c__", "__lmql_v__", "__lmql_prompt__", "__lmql_query__"
+
+
+@dataclass
+class Program:
+    """A compiled query: build a generator with `start(inputs)`."""
+    query: nodes.Query
+    module: ast.Module                # defines __lmql_query__() with no parameters yet
+    holes: tuple[str, ...]
+    inputs: tuple[str, ...]           # names the query reads but never defines: its inputs
+    defined: tuple[str, ...] = ()     # names the query assigns, imports or defines
+    _code: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def filename(self) -> str:
+        return self.query.filename
+
+    def source_line(self, line: int) -> str | None:
+        lines = self.query.source.splitlines()
+        return lines[line - 1] if 0 < line <= len(lines) else None
+
+    def function(self, params: tuple[str, ...], namespace: dict[str, Any]) -> types.FunctionType:
+        """The generator function taking `params`, with `namespace` as its globals."""
+        code = self._code.get(params)
+        if code is None:
+            module = _with_params(self.module, params)
+            code = compile(module, self.filename, "exec")
+            self._code[params] = code
+        scope = {**namespace, _RT: _runtime(), _C: terms, "__builtins__": builtins}
+        exec(code, scope)
+        return scope[_FN]
+
+
+def _runtime():
+    from . import runtime
+    return runtime
+
+
+def compile_query(query: nodes.Query) -> Program:
+    """Compile a parsed query; raises LmqlSyntaxError for Python that does not parse."""
+    holes = tuple(dict.fromkeys(
+        p.name for prompt in query.prompts for p in prompt.parts if isinstance(p, nodes.Hole)))
+    body = _parse_body(query)
+    builder = _Builder(query, holes)
+    statements = [builder.visit(s) for s in body]
+    statements = [s for item in statements for s in (item if isinstance(item, list) else [item])]
+    fn = ast.FunctionDef(name=_FN, args=_arguments(()), body=statements or [ast.Pass()],
+                         decorator_list=[], returns=None)
+    if not any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in ast.walk(fn)):
+        # A query without prompt statements is still a generator.
+        fn.body.append(ast.If(test=ast.Constant(False), body=[ast.Expr(ast.Yield())], orelse=[]))
+    module = ast.Module(body=[fn], type_ignores=[])
+    ast.fix_missing_locations(module)
+    inputs, defined = _names(module)
+    return Program(query=query, module=module, holes=holes, inputs=inputs, defined=defined)
+
+
+def _arguments(params: tuple[str, ...]) -> ast.arguments:
+    return ast.arguments(posonlyargs=[], args=[ast.arg(arg=p) for p in params], vararg=None,
+                         kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[])
+
+
+def _with_params(module: ast.Module, params: tuple[str, ...]) -> ast.Module:
+    fn = module.body[0]
+    new_fn = ast.FunctionDef(name=fn.name, args=_arguments(params), body=fn.body, decorator_list=[],
+                             returns=None)
+    ast.copy_location(new_fn, fn)
+    new = ast.Module(body=[new_fn], type_ignores=[])
+    return ast.fix_missing_locations(new)
+
+
+def _names(module: ast.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(inputs, defined): globals the query's code reads, and names the query function itself binds."""
+    table = symtable.symtable(ast.unparse(module), "<query>", "exec")
+    names: set[str] = set()
+    query_table = table.get_children()[0]
+    defined = tuple(sorted(s.get_name() for s in query_table.get_symbols()
+                           if s.is_assigned() or s.is_imported() or s.is_namespace()))
+
+    def walk(t: symtable.SymbolTable) -> None:
+        if t.get_type() != "module":
+            for sym in t.get_symbols():
+                if sym.is_global() and sym.is_referenced() and not sym.is_assigned():
+                    names.add(sym.get_name())
+        for child in t.get_children():
+            walk(child)
+    walk(table)
+    known = set(dir(builtins)) | {"lmql", "lmql_lite"}
+    return tuple(sorted(n for n in names if n not in known and not n.startswith("__lmql"))), defined
+
+
+def _parse_body(query: nodes.Query) -> list[ast.stmt]:
+    source = query.body
+    if query.body_indented:
+        source = "if True:\n" + source
+    try:
+        tree = ast.parse(source, query.filename)
+    except SyntaxError as e:
+        line = (e.lineno or 1) - (1 if query.body_indented else 0)
+        raise _syntax_error(query, f"invalid Python: {e.msg}", max(line, 1), e.offset or 1) from None
+    if query.body_indented:
+        ast.increment_lineno(tree, -1)
+        body = tree.body[0].body
+    else:
+        body = tree.body
+    return body
+
+
+def _syntax_error(query: nodes.Query, message: str, line: int, column: int) -> LmqlSyntaxError:
+    lines = query.source.splitlines()
+    src = lines[line - 1] if 0 < line <= len(lines) else None
+    return LmqlSyntaxError(message, file=query.filename, line=line, column=column, source_line=src)
+
+
+def parse_expr(query: nodes.Query, expr: nodes.Expr) -> ast.expr:
+    """Parse an Expr's source and move its positions to where it stands in the query."""
+    try:
+        tree = ast.parse(expr.source.strip(), query.filename, mode="eval")
+    except SyntaxError as e:
+        line = expr.pos.line + (e.lineno or 1) - 1
+        col = (e.offset or 1) + (expr.pos.column - 1 if (e.lineno or 1) == 1 else 0)
+        raise _syntax_error(query, f"invalid expression: {e.msg}", line, col) from None
+    for node in ast.walk(tree):
+        if hasattr(node, "lineno"):
+            if node.lineno == 1:
+                node.col_offset += expr.pos.column - 1
+                if getattr(node, "end_lineno", None) == 1:
+                    node.end_col_offset += expr.pos.column - 1
+            node.lineno += expr.pos.line - 1
+            if getattr(node, "end_lineno", None) is not None:
+                node.end_lineno += expr.pos.line - 1
+    return tree.body
+
+
+def as_expression(query: nodes.Query, expr: nodes.Expr) -> ast.Expression:
+    """An Expr as a compilable expression, positioned in the query."""
+    return ast.fix_missing_locations(ast.Expression(parse_expr(query, expr)))
+
+
+def _at(node: ast.AST, pos: nodes.Pos) -> ast.AST:
+    node.lineno, node.col_offset = pos.line, pos.column - 1
+    node.end_lineno, node.end_col_offset = pos.line, pos.column - 1
+    return node
+
+
+def _name(id: str, ctx=None) -> ast.Name:
+    return ast.Name(id=id, ctx=ctx or ast.Load())
+
+
+def _attr(obj: str, attr: str) -> ast.Attribute:
+    return ast.Attribute(value=_name(obj), attr=attr, ctx=ast.Load())
+
+
+def _call(func: ast.expr, *args: ast.expr, **kwargs: ast.expr) -> ast.Call:
+    return ast.Call(func=func, args=list(args), keywords=[ast.keyword(arg=k, value=v) for k, v in kwargs.items()])
+
+
+def _thunk(body: ast.expr) -> ast.Lambda:
+    return ast.Lambda(args=_arguments(()), body=body)
+
+
+class _Builder(ast.NodeTransformer):
+    """Rewrites the query body: prompt placeholders become yields, `await` runs synchronously."""
+
+    def __init__(self, query: nodes.Query, holes: tuple[str, ...]):
+        self.query = query
+        self.holes = holes
+        self.global_where = parse_expr(query, query.where) if query.where else None
+        self.distribution = query.distribution
+        if self.distribution and self.distribution.var not in holes:
+            d = self.distribution
+            raise _syntax_error(query, f"distribution variable {d.var} is not a hole of this query",
+                                d.pos.line, d.pos.column)
+
+    # Functions defined in the query keep their own semantics: no prompt statements inside.
+    def visit_FunctionDef(self, node):
+        for inner in ast.walk(node):
+            if _prompt_index(inner) is not None:
+                raise _syntax_error(self.query, "prompt statements can only stand in the query body; "
+                                    "write a query function with @lmql.query and a docstring",
+                                    inner.lineno, inner.col_offset + 1)
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Lambda(self, node):
+        return node
+
+    def visit_Await(self, node):
+        self.generic_visit(node)
+        return ast.copy_location(_call(_attr(_RT, "await_"), node.value), node)
+
+    def visit_Expr(self, node):
+        k = _prompt_index(node)
+        if k is None:
+            return self.generic_visit(node)
+        return self.prompt(self.query.prompts[k])
+
+    def prompt(self, prompt: nodes.Prompt) -> list[ast.stmt]:
+        statement_holes = [p.name for p in prompt.parts if isinstance(p, nodes.Hole)]
+        remaining = list(statement_holes)
+        scoped = parse_expr(self.query, prompt.where) if prompt.where else None
+        out: list[ast.stmt] = []
+        pending: list[ast.expr] = []  # f-string pieces of the current run of text
+
+        def flush():
+            if pending:
+                text = ast.JoinedStr(values=list(pending))
+                out.append(ast.Expr(ast.Yield(_call(_attr(_RT, "Text"), text))))
+                pending.clear()
+
+        for part in prompt.parts:
+            if isinstance(part, nodes.Text):
+                pending.append(ast.Constant(part.text))
+            elif isinstance(part, nodes.Interp):
+                spec = ast.JoinedStr([ast.Constant(part.format_spec)]) if part.format_spec else None
+                conv = ord(part.conversion) if part.conversion else -1
+                pending.append(ast.FormattedValue(parse_expr(self.query, part.expr), conv, spec))
+            elif isinstance(part, nodes.Role):
+                flush()
+                out.append(_at(ast.Expr(ast.Yield(_call(_attr(_RT, "Role"), ast.Constant(part.role)))), part.pos))
+            else:
+                flush()
+                out.append(self.hole(part, scoped, statement_holes, tuple(remaining[1:])))
+                remaining.pop(0)
+        flush()
+        for s in out:
+            if not hasattr(s, "lineno"):
+                _at(s, prompt.pos)
+            for n in ast.walk(s):
+                if not hasattr(n, "lineno") and isinstance(n, (ast.expr, ast.stmt)):
+                    ast.copy_location(n, s)
+        return out
+
+    def hole(self, hole: nodes.Hole, scoped: ast.expr | None, statement_holes, later) -> ast.stmt:
+        kwargs: dict[str, ast.expr] = {}
+        wheres = []
+        if scoped is not None:
+            wheres.append(_WhereRewriter(set(statement_holes) | {hole.name}).visit(_copy(scoped)))
+        if self.global_where is not None:
+            wheres.append(_WhereRewriter(set(self.holes)).visit(_copy(self.global_where)))
+        if wheres:
+            where = wheres[0] if len(wheres) == 1 else _call(_attr(_C, "and_"), *map(_thunk, wheres))
+            kwargs["where"] = ast.Lambda(args=_arguments((_RESOLVE,)), body=where)
+        if hole.type is not None:
+            kwargs["type"] = self.hole_type(parse_expr(self.query, hole.type))
+        if hole.decorators:
+            kwargs["decorators"] = ast.Tuple([parse_expr(self.query, d) for d in hole.decorators], ast.Load())
+        if later:
+            kwargs["later"] = ast.Tuple([ast.Constant(n) for n in later], ast.Load())
+        if self.distribution and self.distribution.var == hole.name:
+            kwargs["distribution"] = _thunk(parse_expr(self.query, self.distribution.values))
+        event = _call(_attr(_RT, "Hole"), ast.Constant(hole.name), ast.Constant(hole.pos.line),
+                      ast.Constant(hole.pos.column), **kwargs)
+        stmt = ast.Assign(targets=[_name(hole.name, ast.Store())], value=ast.Yield(event))
+        return _at(stmt, hole.pos)
+
+    @staticmethod
+    def hole_type(expr: ast.expr) -> ast.expr:
+        if isinstance(expr, ast.Call):  # [X: subquery(args)]
+            return ast.Call(func=_attr(_RT, "nested"), args=[expr.func, *expr.args], keywords=expr.keywords)
+        return expr
+
+
+def _prompt_index(node: ast.AST) -> int | None:
+    if (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Name) and node.value.func.id == _PROMPT):
+        return node.value.args[0].value
+    return None
+
+
+def _copy(expr: ast.expr) -> ast.expr:
+    return copy.deepcopy(expr)
+
+
+class _WhereRewriter(ast.NodeTransformer):
+    """Rewrites a where expression to build constraint terms (see constraints.terms)."""
+
+    def __init__(self, holes: set[str]):
+        self.holes = holes
+
+    def visit_Name(self, node):
+        if node.id in self.holes and isinstance(node.ctx, ast.Load):
+            return ast.copy_location(_call(_name(_RESOLVE), ast.Constant(node.id)), node)
+        return node
+
+    def visit_BoolOp(self, node):
+        self.generic_visit(node)
+        fn = "and_" if isinstance(node.op, ast.And) else "or_"
+        return ast.copy_location(_call(_attr(_C, fn), *map(_thunk, node.values)), node)
+
+    def visit_UnaryOp(self, node):
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Not):
+            return ast.copy_location(_call(_attr(_C, "not_"), node.operand), node)
+        return node
+
+    def visit_Compare(self, node):
+        self.generic_visit(node)
+        pairs = []
+        left = node.left
+        for op, right in zip(node.ops, node.comparators):
+            pairs.append(_call(_attr(_C, "compare"), left, ast.Constant(_OP_TEXT[type(op)]), right))
+            left = right
+        out = pairs[0] if len(pairs) == 1 else _call(_attr(_C, "and_"), *map(_thunk, pairs))
+        return ast.copy_location(out, node)
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        func = node.func
+        if isinstance(func, ast.Name) and func.id in terms.BUILTINS:
+            return ast.copy_location(_call(_attr(_C, func.id), *node.args), node)
+        if isinstance(func, ast.Name) and func.id == "len" and len(node.args) == 1:
+            return ast.copy_location(_call(_attr(_C, "len_"), node.args[0]), node)
+        source = ast.unparse(node)
+        call = ast.Call(func=_attr(_C, "call"), args=[func, ast.Constant(source), *node.args],
+                        keywords=node.keywords)
+        return ast.copy_location(call, node)
+
+    def visit_Lambda(self, node):
+        return node
+
+
+_OP_TEXT = {ast.Lt: "<", ast.LtE: "<=", ast.Eq: "==", ast.NotEq: "!=", ast.Gt: ">", ast.GtE: ">=",
+            ast.In: "in", ast.NotIn: "not in", ast.Is: "is", ast.IsNot: "is not"}

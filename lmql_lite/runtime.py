@@ -1,0 +1,71 @@
+"""What a compiled query yields to the interpreter, and the few helpers compiled code calls."""
+from __future__ import annotations
+
+import asyncio
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Text:
+    """Prompt text to append."""
+    text: str
+
+
+@dataclass(frozen=True)
+class Role:
+    """Start a chat message of this role (system, user, assistant)."""
+    role: str
+
+
+@dataclass(frozen=True)
+class Hole:
+    """A hole to decode; the interpreter sends its value back into the generator.
+
+    `where(resolve)` builds the hole's constraint term; `resolve(name)` gives a decoded value,
+    the hole's own symbol, or UNKNOWN for `later` holes of the same statement.
+    `distribution()` gives the candidate values when the hole is a `distribution` variable.
+    """
+    name: str
+    line: int
+    column: int
+    where: Callable[[Callable[[str], Any]], Any] | None = None
+    type: Any = None
+    decorators: tuple[Callable[[Any], Any], ...] = ()
+    later: tuple[str, ...] = ()
+    distribution: Callable[[], Any] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Nested:
+    """`[X: subquery(args)]`: run `query`'s program inline, then replace its text by its return value."""
+    query: Any
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+
+def is_query_function(obj: Any) -> bool:
+    return getattr(obj, "__lmql_program__", None) is not None
+
+
+def nested(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """A call in a hole's type position: a query function becomes a nested query, anything else is called."""
+    if is_query_function(fn):
+        return Nested(fn, args, kwargs)
+    return fn(*args, **kwargs)
+
+
+def await_(value: Any) -> Any:
+    """`await x` in a query: queries run synchronously, so a coroutine is run to completion here."""
+    if not inspect.isawaitable(value):
+        return value
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(_wrap(value))
+    finally:
+        loop.close()
+
+
+async def _wrap(awaitable: Any) -> Any:
+    return await awaitable
