@@ -68,7 +68,7 @@ def _check_where(program: compiler.Program, where: nodes.Expr) -> list[LmqlError
             continue
         if (fn in terms.BUILTINS or fn == "len") and node.args and isinstance(node.args[0], ast.Name):
             var = node.args[0]
-            if var.id not in holes and var.id not in defined:
+            if var.id not in holes:
                 problems.append(_unknown_hole(program, var, holes))
     for node in ast.walk(tree):
         if isinstance(node, ast.Compare):

@@ -220,8 +220,9 @@ def _run_rows(args, program, shared: dict[str, Any]) -> int:
                     done.add(json.loads(line)["index"])
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue  # a line cut by a crash is redone
+        _drop_cut_line(args.output)
     todo = [(i, {**shared, **row}) for i, row in enumerate(rows) if i not in done]
-    out = open(args.output, "a", encoding="utf-8") if args.output else sys.stdout
+    out = open(args.output, "a" if args.resume else "w", encoding="utf-8") if args.output else sys.stdout
     progress = sys.stderr.isatty()
     try:
         finished = 0
@@ -243,6 +244,14 @@ def _run_rows(args, program, shared: dict[str, Any]) -> int:
         if out is not sys.stdout:
             out.close()
     return 0
+
+
+def _drop_cut_line(path: str) -> None:
+    """Remove a last line that a crash cut short, so appended rows start on a line of their own."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def _read_rows(path: str) -> list[dict[str, Any]]:

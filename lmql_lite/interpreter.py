@@ -581,9 +581,23 @@ def run_program(program, model, index: TokenIndex, options: DecoderOptions,
 
 def check_inputs(program, inputs: dict[str, Any]) -> None:
     missing = [n for n in program.inputs if n not in inputs]
+    decoder = program.query.decoder is None and _misspelt_decoder(missing)
+    if decoder:
+        raise QueryArgumentError(f"'{decoder[0]}' is not a decoder; did you mean '{decoder[1]}'?",
+                                 file=program.filename, line=1, column=1, source_line=program.source_line(1))
     if missing:
         names = ", ".join(missing)
         raise QueryArgumentError(f"the query needs input{'s' if len(missing) > 1 else ''} {names}: "
                                  f"pass {' '.join(f'--arg {m}=...' for m in missing)} on the command line "
                                  f"or {', '.join(f'{m}=...' for m in missing)} in Python",
                                  file=program.filename)
+
+
+def _misspelt_decoder(names: list[str]) -> tuple[str, str] | None:
+    import difflib
+    from .compiler import DECODERS
+    for name in names:
+        close = difflib.get_close_matches(name, DECODERS, 1, cutoff=0.75)
+        if close:
+            return name, close[0]
+    return None

@@ -134,7 +134,7 @@ def inner(word):
     "Say {word}:[W]" where W in ["ab", "cd"]
     return W.upper()
     """
-"Start [R: inner("x")] end"
+"Start [R: inner('x')] end"
 return R
 '''
     r = run(src, fake)
