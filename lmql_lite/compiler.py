@@ -245,7 +245,7 @@ class _Builder(ast.NodeTransformer):
             if isinstance(part, nodes.Text):
                 pending.append(ast.Constant(part.text))
             elif isinstance(part, nodes.Interp):
-                spec = ast.JoinedStr([ast.Constant(part.format_spec)]) if part.format_spec else None
+                spec = _format_spec(part.format_spec) if part.format_spec else None
                 conv = ord(part.conversion) if part.conversion else -1
                 pending.append(ast.FormattedValue(parse_expr(self.query, part.expr), conv, spec))
             elif isinstance(part, nodes.Role):
@@ -292,6 +292,11 @@ class _Builder(ast.NodeTransformer):
         if isinstance(expr, ast.Call):  # [X: subquery(args)]
             return ast.Call(func=_attr(_RT, "nested"), args=[expr.func, *expr.args], keywords=expr.keywords)
         return expr
+
+
+def _format_spec(spec: str) -> ast.JoinedStr:
+    """A format spec as f-string parts, so nested fields like `{x:>{width}}` work."""
+    return ast.parse("f" + repr("{0:" + spec + "}"), mode="eval").body.values[0].format_spec
 
 
 def _prompt_index(node: ast.AST) -> int | None:

@@ -1,0 +1,115 @@
+"""Malformed and hostile queries: each raises LmqlSyntaxError at the right line and column."""
+import pytest
+
+from lmql_lite.errors import LmqlSyntaxError
+from lmql_lite.parser import parse
+
+# (source, line, column, a fragment of the message)
+CASES = [
+    ('"a [X"', 1, 4, "unbalanced '[': it is never closed in this string"),
+    ('"a [1X]"', 1, 5, "a hole needs a variable name, not '1X' (write '[[' for a literal '[')"),
+    ('"[X:]"', 1, 5, "missing type after ':'"),
+    ('"[]"', 1, 2, "missing variable name in '[]' (write '[[' for a literal '[')"),
+    ('"[ ]"', 1, 2, "missing variable name in '[]' (write '[[' for a literal '[')"),
+    ('"[X Y]"', 1, 5, "unexpected 'Y' after the hole's name (expected ':' or ']')"),
+    ('"[if]"', 1, 3, "'if' is a Python keyword, not a variable name"),
+    ('"[@ ]"', 1, 4, "expected a function name after '@'"),
+    ('"[@f(]"', 1, 6, "']' does not match the bracket opened before it"),
+    ('"[X: int(]"', 1, 10, "']' does not match the bracket opened before it"),
+    ('"]"', 1, 2, "unbalanced ']' (write ']]' for a literal ']')"),
+    ('"}"', 1, 2, "unbalanced '}' (write '}}' for a literal '}')"),
+    ('"{"', 1, 2, "unbalanced '{': it is never closed in this string"),
+    ('"{}"', 1, 2, "empty expression in '{}' (write '{{' for a literal '{')"),
+    ('"{x!z}"', 1, 4, 'conversion must be !r, !s or !a'),
+    ('"{1 +}"', 1, 3, 'invalid syntax'),
+    ('"{:bot}"', 1, 4, "unknown chat role 'bot' (use system, user or assistant)"),
+    ('"{x"', 1, 2, "unbalanced '{': it is never closed in this string"),
+    ('"[X: r\'abc]"', 1, 7, "unterminated string inside the prompt's brackets"),
+    ('"a\n', 1, 1, 'unterminated string'),
+    ("'''never closed\n", 1, 1, 'unterminated string'),
+    ('x = "a\n', 1, 5, 'unterminated string'),
+    ('b"bytes"', 1, 1, 'a byte string cannot be a prompt'),
+    ('"\\x4"', 1, 2, "invalid escape sequence '\\\\x4'"),
+    ('"\\N{NOT A NAME}"', 1, 2, "invalid escape sequence '\\\\N{NOT A NAME}'"),
+    ('x = (1,\n', 1, 5, "unbalanced '(': it is never closed"),
+    ('x = )', 1, 5, "unexpected ')'"),
+    ('x = [1, 2)', 1, 10, "unexpected ')'"),
+    ('f(a]', 1, 4, "unexpected ']'"),
+    ('"a" where', 1, 10, 'unexpected end of the query'),
+    ('"a" where x y', 1, 13, "unexpected 'y'"),
+    ('"a" where )', 1, 11, "unexpected ')'"),
+    ('x = "a" where b', 1, 9, "unexpected 'where'"),
+    ('if x:\ny = 1\n', 2, 1, "unexpected 'y'"),
+    ('if x:\n    y\n  z\n', 3, 3, 'unindent does not match any outer indentation level'),
+    ('  x = 1\n', 1, 2, 'unexpected indent'),
+    ('x = 1\n    y = 2\n', 2, 5, 'unexpected indent'),
+    ('def f(:\n    pass\n', 1, 7, "unexpected ':'"),
+    ('for in x:\n    pass\n', 1, 8, "unexpected 'x'"),
+    ('x = 1 <> 2', 1, 7, 'invalid syntax'),
+    ('x = 1 $ 2', 1, 7, "unexpected character '$'"),
+    ('x ? y', 1, 3, "unexpected character '?'"),
+    ('x = 1\n\x00', 2, 1, 'NUL character in the query'),
+    ('x = "\udcff"', 1, 6, 'invalid character (not UTF-8 text) in the query'),
+    ('sample(n=2, 3)\n"x"', 1, 13, 'positional argument follows keyword argument'),
+    ('sample(\n"x"', 1, 7, "unbalanced '(': it is never closed"),
+    ('argmax\n    "a"\nfrom\n', 3, 5, 'unexpected end of the query'),
+    ('argmax\n    "a"\nwhere\n', 3, 6, 'unexpected end of the query'),
+    ('argmax\n    "a"\ndistribution X\n', 3, 15, 'unexpected end of the query'),
+    ('argmax\n    "a"\ndistribution X in\n', 3, 18, 'unexpected end of the query'),
+    ('argmax\n    "a"\nwhere x\nfrom "m"\n', 4, 1, "unexpected 'from'"),
+    ('argmax "a"\n"b"\n', 2, 1, 'unexpected \'"b"\''),
+    ('argmax\n    "a"\n  "b"\n', 3, 3, 'unindent does not match any outer indentation level'),
+    ('(' * 150 + ')' * 150, 1, 101, 'nesting too deep'),
+    ('"{' + '(' * 150 + ')' * 150 + '}"', 1, 102, 'nesting too deep'),
+    ('x = ' + '[' * 120 + ']' * 120, 1, 105, 'nesting too deep'),
+    ('"x"\n"x"\n"x"\n"[X" where X', 4, 2, "unbalanced '[': it is never closed in this string"),
+    ('f"{x"', 1, 3, "unbalanced '{': it is never closed in this string"),
+    ('"a" where (x\n', 1, 11, "unbalanced '(': it is never closed"),
+    ('x = 1\n)\n', 2, 1, "unexpected ')'"),
+    ('return (\n  1,\n  2\n', 1, 8, "unbalanced '(': it is never closed"),
+    ('"{x!r:}" [', 1, 10, "unbalanced '[': it is never closed"),
+    ('def f():\n', 1, 9, 'unexpected end of the query'),
+    ('class:\n  pass\n', 1, 6, "unexpected ':'"),
+    ('x = 3 +\n', 1, 8, 'unexpected end of the query'),
+    ('x.1', 1, 3, "unexpected '1'"),
+    ('sample(n=2)) \n"x"', 1, 12, "unexpected ')'"),
+    ('@\ndef f(): pass\n', 1, 2, 'unexpected end of line'),
+    ('\\ ', 1, 2, 'unexpected character after line continuation character'),
+    ('lambda x', 1, 9, 'unexpected end of the query'),
+    ('import', 1, 7, 'unexpected end of the query'),
+    ('from "m"\n"x"', 1, 6, 'unexpected \'"m"\''),
+]
+
+
+@pytest.mark.parametrize("source, line, column, message", CASES, ids=[repr(c[0])[:40] for c in CASES])
+def test_syntax_error_position(source, line, column, message):
+    with pytest.raises(LmqlSyntaxError) as info:
+        parse(source, "bad.lmq")
+    error = info.value
+    assert (error.line, error.column) == (line, column), str(error)
+    assert message in error.message
+    assert error.file == "bad.lmq"
+    assert error.source_line == source.replace("\r\n", "\n").split("\n")[line - 1]
+    assert str(error).startswith(f"bad.lmq:{line}:{column}: ")
+
+
+def test_error_shows_the_line_with_a_caret():
+    with pytest.raises(LmqlSyntaxError) as info:
+        parse('x = 1\n"Answer: [1X]"\n', "q.lmq")
+    assert str(info.value) == ("q.lmq:2:11: a hole needs a variable name, not '1X' (write '[[' for a literal '[')\n"
+                               '    "Answer: [1X]"\n'
+                               "              ^")
+
+
+def test_bytes_that_are_not_utf8():
+    with pytest.raises(LmqlSyntaxError) as info:
+        parse(b'"ok"\n"\xff"')
+    assert (info.value.line, info.value.column) == (2, 1)
+
+
+def test_deep_nesting_is_an_error_not_a_crash():
+    for source in ["x = " + "(" * 5000, "x = " + "-" * 5000 + "1", '" + "[" * 3000 + "', "not " * 3000 + "x"]:
+        try:
+            parse(source)
+        except LmqlSyntaxError:
+            pass
