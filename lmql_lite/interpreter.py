@@ -494,6 +494,13 @@ class Runner:
             b.trace.forward_passes += 1
             b.trace.tokens_fed += len(feeds[b.row])
             b.fed = len(b.tokens)
+        rows = len(feeds)
+        if rows > 1 and self.batch.forward_passes == 0 and all(f == feeds[0] for f in feeds):
+            # n samples of one prompt: encode the prompt once, then copy its cache to every row.
+            self.batch.select([0])
+            logits = self.batch.step(feeds[:1])
+            self.batch.select([0] * rows)
+            return logits.expand(rows, -1)
         return self.batch.step(feeds)
 
     def score(self, branch: Branch, candidates: list[list[int]]) -> list[float]:
