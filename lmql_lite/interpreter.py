@@ -11,7 +11,6 @@ the guide of the hole it is filling. All branches share one `Batch` (one row eac
 """
 from __future__ import annotations
 
-import codecs
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -181,6 +180,12 @@ class Branch:
         self._append_text(str(value), kind="value")
         self._resume_value = value
 
+    def _at_hole(self, e: LmqlError, hole: runtime.Hole | None = None) -> LmqlError:
+        """`e`, positioned at the hole being decoded when it has no position yet."""
+        hole, program = hole or self.hole, self.frames[-1].program
+        return e.locate(file=program.filename, line=hole.line, column=hole.column,
+                        source_line=program.source_line(hole.line))
+
     def _runtime_error(self, e: Exception) -> LmqlError:
         programs = {f.program.filename: f.program for f in self.frames}
         line = None
@@ -257,7 +262,6 @@ class Branch:
             self._score_distribution(hole)
             return
         self._flush_text()
-        program = self.frames[-1].program
         try:
             term = hole.where(self._resolver(hole)) if hole.where else None
             if term is terms.UNKNOWN:
@@ -267,8 +271,7 @@ class Branch:
             guide = compile_guide(None if term is True else term, hole.name, self.runner.index,
                                   hole_type=hole.type)
         except LmqlError as e:
-            raise e.locate(file=program.filename, line=hole.line, column=hole.column,
-                           source_line=program.source_line(hole.line))
+            raise self._at_hole(e, hole)
         except Exception as e:
             raise self._runtime_error(e) from e
         self.heal_prefix = b""
@@ -284,9 +287,8 @@ class Branch:
         self.hole_start = len(self.tokens)
         self.hole_logprob = 0.0
         if len(self.tokens) >= self.runner.options.max_len:
-            raise ConstraintError(f"max_len={self.runner.options.max_len} is reached by the prompt before "
-                                  f"{hole.name} can be decoded", file=program.filename, line=hole.line,
-                                  column=hole.column, source_line=program.source_line(hole.line))
+            raise self._at_hole(ConstraintError(f"max_len={self.runner.options.max_len} is reached by the "
+                                                f"prompt before {hole.name} can be decoded"))
 
     def _budget_spent(self) -> bool:
         options = self.runner.options
@@ -297,13 +299,9 @@ class Branch:
     def _end_hole_early(self) -> None:
         """A token budget is spent: end the hole if its text is acceptable, else fail."""
         eos = self.runner.eos_id
-        program = self.frames[-1].program
         if eos is None or not self.guide.allowed()[eos]:
-            hole = self.hole
-            raise ConstraintError(
-                f"{hole.name} reached its token budget before its value satisfied the constraint",
-                file=program.filename, line=hole.line, column=hole.column,
-                source_line=program.source_line(hole.line))
+            raise self._at_hole(ConstraintError(
+                f"{self.hole.name} reached its token budget before its value satisfied the constraint"))
         self.trace.notes.append(f"{self.hole.name}: ended at the token budget")
         self.guide.advance(eos)
         self._finish_hole()
@@ -330,21 +328,18 @@ class Branch:
     def choose(self, logits: torch.Tensor, generator: torch.Generator | None) -> None:
         """Pick this branch's next token from its logits (vocab,) with the decoder's rule."""
         t0 = time.perf_counter()
-        allowed = self.guide.allowed()
+        try:
+            allowed = self.guide.allowed()
+        except LmqlError as e:  # no token can continue the hole
+            raise self._at_hole(e)
         scores = decoders.masked(logits, allowed)
         self.trace.mask_seconds += time.perf_counter() - t0
-        if not torch.isfinite(scores).any():
-            hole, program = self.hole, self.frames[-1].program
-            raise ConstraintError(f"no token can continue {hole.name} under its constraint",
-                                  file=program.filename, line=hole.line, column=hole.column,
-                                  source_line=program.source_line(hole.line))
         if self.runner.options.name == "sample":
-            tok = decoders.pick_sample(scores, self.runner.options, generator)
-            logprob = float(torch.log_softmax(decoders.sampling_logits(scores, self.runner.options), -1)[tok])
+            tok, logprob = decoders.pick_sample(scores, self.runner.options, generator)
         else:
             tok = decoders.pick_argmax(scores)
-            logprob = float(torch.log_softmax(scores, -1)[tok])
-        self._take(tok, logprob, "chosen", int(allowed.sum()))
+            logprob = decoders.log_softmax_at(scores, tok)
+        self._take(tok, logprob, "chosen", self.guide.allowed_count)
 
     def _take(self, tok: int, logprob: float, how: str, allowed: int, seconds: float = 0.0) -> None:
         if self.trace.tokens is not None:
@@ -363,15 +358,14 @@ class Branch:
             self._finish_hole()
 
     def _finish_hole(self) -> None:
-        hole, guide, program = self.hole, self.guide, self.frames[-1].program
+        hole, guide = self.hole, self.guide
         try:
             text, value = guide.text(), guide.value()
             for fn in reversed(hole.decorators):
                 value = fn(value)
                 text = str(value)
         except LmqlError as e:
-            raise e.locate(file=program.filename, line=hole.line, column=hole.column,
-                           source_line=program.source_line(hole.line))
+            raise self._at_hole(e)
         except Exception as e:
             raise self._runtime_error(e) from e
         self._reconcile(text)
@@ -416,15 +410,13 @@ class Branch:
 
     def _score_distribution(self, hole: runtime.Hole) -> None:
         """`distribution X in [...]`: score every value from the same prefix; X gets the most likely."""
-        program = self.frames[-1].program
         try:
             values = list(hole.distribution())
         except Exception as e:
             raise self._runtime_error(e) from e
         if not values or not all(isinstance(v, str) and v for v in values):
-            raise ConstraintError(f"distribution {hole.name} needs a non-empty list of non-empty strings, "
-                                  f"got {values!r}", file=program.filename, line=hole.line,
-                                  column=hole.column, source_line=program.source_line(hole.line))
+            raise self._at_hole(ConstraintError(f"distribution {hole.name} needs a non-empty list of "
+                                                f"non-empty strings, got {values!r}"), hole)
         self._flush_text()
         logprobs = self.runner.score(self, [self.runner.model.encode(v) for v in values])
         scores = dict(zip(values, logprobs))
@@ -533,15 +525,22 @@ class Runner:
                 if not b.needs_logits():
                     candidates.append((b.logprob, b, None, 0.0, 0))
                     continue
-                allowed = b.guide.allowed()
-                lp = torch.log_softmax(decoders.masked(logits[b.row], allowed), -1)
-                for tok, l in decoders.top_candidates(lp, n):
-                    candidates.append((b.logprob + l, b, tok, l, int(allowed.sum())))
+                scores = decoders.masked(logits[b.row], b.guide.allowed())
+                for tok, l in decoders.top_candidates(scores, n):
+                    candidates.append((b.logprob + l, b, tok, l, b.guide.allowed_count))
             if not candidates:
                 b = active[0]
                 raise ConstraintError(f"no token can continue {b.hole.name} under its constraint")
             candidates.sort(key=lambda c: -c[0])
-            chosen = candidates[:n]
+            # Two tokenizations of the same text are one result: keep the more likely.
+            chosen, texts = [], set()
+            for c in candidates:
+                text = self._text_after(c[1], c[2])
+                if text not in texts:
+                    texts.add(text)
+                    chosen.append(c)
+                if len(chosen) == n:
+                    break
             used: set[int] = set()
             new_branches = []
             for _, b, tok, l, count in chosen:
@@ -555,8 +554,18 @@ class Runner:
                 self.branches.append(nb)
                 if tok is not None:
                     nb._take(tok, l, "chosen", count)
-        results = [b.result() for b in self.branches]
-        return sorted(results, key=lambda r: -r.logprob)
+        results, seen = [], set()
+        for r in sorted((b.result() for b in self.branches), key=lambda r: -r.logprob):
+            if r.prompt not in seen:  # several tokenizations of one text: one result, the likeliest
+                seen.add(r.prompt)
+                results.append(r)
+        return results
+
+    def _text_after(self, b: Branch, tok: int | None) -> tuple[str, bytes]:
+        """The text branch `b` spells once it takes `tok` (None: as it is)."""
+        vocab = self.model.vocabulary.tokens
+        hole = b"".join(vocab[t] for t in b.tokens[b.hole_start:]) if b.guide is not None else b""
+        return "".join(b.prompt), hole + (vocab[tok] if tok is not None else b"")
 
     def _fork(self, b: Branch) -> Branch:
         """A copy of branch `b` with its own generator, rebuilt by replaying the values `b` was sent."""
