@@ -243,3 +243,41 @@ def test_beam_results_are_ranked_and_valid(fake):
     assert all(r.variables["A"] in ("ab", "cd", "12", "2024") for r in results)
     assert [r.logprob for r in results] == sorted((r.logprob for r in results), reverse=True)
     assert len({r.variables["A"] for r in results}) == 3
+
+
+@pytest.mark.parametrize("source, check", [
+    # one-line standalone syntax
+    ('argmax "Hi[X]" where X in ["ab", "cd"]\n', lambda r: r.prompt in ("Hiab", "Hicd")),
+    # modern syntax: a decoder line, then the body at the top level
+    ('argmax\n"Hi[X]" where X in ["ab"]\nreturn X\n', lambda r: r.value == "ab"),
+    # triple-quoted, multi-line prompt strings and comments
+    ('# a comment\n"""Line one\nline two [X]"""  where X in ["ab"]  # trailing comment\n',
+     lambda r: r.prompt == "Line one\nline two ab"),
+    # adjacent string literals form one statement
+    ('"a" "b" "[X]" where X in ["cd"]\n', lambda r: r.prompt == "abcd"),
+    # typed holes: regex and float
+    ('"[D: r\'[0-9]{2}-[0-9]{2}\']"\n', lambda r: re.fullmatch(r"[0-9]{2}-[0-9]{2}", r.variables["D"])),
+    ('"[F: float]" where len(TOKENS(F)) < 5\n', lambda r: isinstance(r.variables["F"], float)),
+    # nested format spec fields, as in f-strings
+    ('w = 5\n"[[{x:>{w}}]]"\n', lambda r: r.prompt == "[   ab]"),
+    # a query with no holes still runs and returns
+    ('"just text"\nreturn 1\n', lambda r: r.value == 1 and r.prompt == "just text"),
+    # with, try and comprehensions are plain Python
+    ('try:\n    v = [i * 2 for i in range(3)]\nexcept Exception:\n    v = None\n"{v}"\nreturn v\n',
+     lambda r: r.value == [0, 2, 4]),
+])
+def test_constructs(fake, source, check):
+    assert check(run(source, fake, x="ab"))
+
+
+def test_model_choice_precedence(monkeypatch):
+    fake = FakeModel()
+    asked = []
+    monkeypatch.setattr(api, "model", lambda name=None: asked.append(name) or fake)
+    src = 'argmax\n    "[X]" where X in ["ab"]\nfrom\n    "some/model-dir"\n'
+    lmql_lite.run(src)
+    lmql_lite.run(src, model="other-dir")
+    monkeypatch.setenv("LMQL_LITE_MODEL", "env-dir")
+    lmql_lite.run('"[X]" where X in ["ab"]\n')
+    lmql_lite.run(src)
+    assert asked == ["some/model-dir", "other-dir", "env-dir", "some/model-dir"]
