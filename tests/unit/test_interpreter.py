@@ -281,3 +281,23 @@ def test_model_choice_precedence(monkeypatch):
     lmql_lite.run('"[X]" where X in ["ab"]\n')
     lmql_lite.run(src)
     assert asked == ["some/model-dir", "other-dir", "env-dir", "some/model-dir"]
+
+
+def test_max_len_ends_a_valid_hole_and_says_so():
+    chatty = FakeModel(bias={"<eos>": -100.0})
+    r = lmql_lite.run('argmax(max_len=12)\n    "Hi[X]"\n', model=chatty)
+    assert r.trace.notes == ["X: ended at the token budget"]
+    assert len(chatty.encode(r.prompt)) <= 12
+
+
+def test_max_tokens_bounds_each_hole():
+    chatty = FakeModel(bias={"<eos>": -100.0})
+    r = lmql_lite.run('argmax(max_tokens=3)\n    "A[X]B[Y]"\n', model=chatty, trace=True)
+    assert sum(t.variable == "X" for t in r.trace.tokens) <= 3
+    assert sum(t.variable == "Y" for t in r.trace.tokens) <= 3
+
+
+def test_budget_spent_on_an_invalid_value_is_a_constraint_error():
+    with pytest.raises(ConstraintError, match="token budget") as info:
+        lmql_lite.run('argmax(max_len=8)\n    "Hi[X]" where REGEX(X, r"[a-z]{30}")\n', model=FakeModel())
+    assert info.value.line == 2
