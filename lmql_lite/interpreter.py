@@ -16,6 +16,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 
 from . import decoders, runtime
@@ -134,7 +135,7 @@ class Branch:
             if self._budget_spent():
                 self._end_hole_early()
                 continue
-            if self._fast_forward():
+            if self._fast_forward() or self._only_choice():
                 continue
             return
 
@@ -307,7 +308,11 @@ class Branch:
         self._finish_hole()
 
     def _fast_forward(self) -> bool:
-        """Append the text the guide forces, without a forward pass; True if anything was appended."""
+        """Append the text the guide forces, without a forward pass; True if anything was appended.
+
+        Unless the forced text completes the hole, its last token is held back: the text that
+        follows may merge with it (a forced " " before "neutral" is better written " neutral").
+        """
         forced = self.guide.forced()
         if not forced:
             return False
@@ -315,15 +320,32 @@ class Branch:
             text = forced.decode("utf-8")
         except UnicodeDecodeError:
             return False
+        ids = self.runner.model.encode(text)
+        probe = self.guide.copy()
+        for tok in ids:
+            if not probe.allowed()[tok]:
+                return False  # the tokenizer spells it in a way the guide does not allow
+            probe.advance(tok)
+        if not probe.is_finished():
+            ids = ids[:-1]
         appended = False
-        for tok in self.runner.model.encode(text):
-            if self._budget_spent() or not self.guide.allowed()[tok]:
+        for tok in ids:
+            if self.guide is None or self._budget_spent():
                 break
             self._take(tok, 0.0, "forced", 0)
             appended = True
-            if self.guide is None:
-                break
         return appended
+
+    def _only_choice(self) -> bool:
+        """Take the token when the mask allows exactly one (a healed ':' re-spelt, an end of sequence)."""
+        try:
+            allowed = self.guide.allowed()
+        except LmqlError as e:
+            raise self._at_hole(e)
+        if self.guide.allowed_count != 1:
+            return False
+        self._take(int(np.flatnonzero(allowed)[0]), 0.0, "forced", 1)
+        return True
 
     def choose(self, logits: torch.Tensor, generator: torch.Generator | None) -> None:
         """Pick this branch's next token from its logits (vocab,) with the decoder's rule."""
