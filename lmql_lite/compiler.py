@@ -337,7 +337,7 @@ class _WhereRewriter(ast.NodeTransformer):
         pairs = []
         left = node.left
         for op, right in zip(node.ops, node.comparators):
-            pairs.append(_call(_attr(_C, "compare"), left, ast.Constant(_OP_TEXT[type(op)]), right))
+            pairs.append(_call(_attr(_C, "compare"), _thunk(left), ast.Constant(_OP_TEXT[type(op)]), _thunk(right)))
             left = right
         out = pairs[0] if len(pairs) == 1 else _call(_attr(_C, "and_"), *map(_thunk, pairs))
         return ast.copy_location(out, node)

@@ -257,8 +257,16 @@ _FLIP = {"<": ">", "<=": ">=", "==": "==", "!=": "!=", ">=": "<=", ">": "<"}
 
 
 def compare(left: Any, op: str, right: Any) -> Any:
-    """One comparison `left op right` (chains are split into an and_ by the compiler)."""
-    if left is UNKNOWN or right is UNKNOWN:
+    """One comparison `left op right` (chains are split into an and_ by the compiler).
+
+    The operands come as thunks, so that a comparison about a later hole (`B in [A.upper()]`
+    while A is decoded) is UNKNOWN before its other side is evaluated.
+    """
+    left = left()
+    if left is UNKNOWN:
+        return UNKNOWN
+    right = right()
+    if right is UNKNOWN:
         return UNKNOWN
     if op in ("in", "not in"):
         term = _membership(left, right)
@@ -338,11 +346,10 @@ def STOPS_BEFORE(var: Any, phrase: Any) -> Any:
 
 
 def TOKENS(var: Any) -> Any:
-    if var is UNKNOWN:
-        return UNKNOWN
     if isinstance(var, Var):
         return Tokens(var.name)
-    raise ConstraintError("TOKENS(...) applies to the hole being decoded, not to a known value")
+    # A hole decoded earlier: its token budget was enforced then, so it cannot restrict this one.
+    return UNKNOWN
 
 
 def REGEX(var: Any, pattern: Any) -> Any:
