@@ -1,10 +1,13 @@
 """The Python entry points: run a query, make a query function, choose a model."""
 from __future__ import annotations
 
+import ast
 import contextvars
 import functools
 import inspect
 import os
+import re
+import textwrap
 from typing import Any, Callable, Iterable, Iterator
 
 from . import compiler, parser
@@ -189,10 +192,10 @@ class QueryFunction:
     def __init__(self, fn: Callable, model: Any = None):
         functools.update_wrapper(self, fn)
         self.signature = inspect.signature(fn)
-        doc = inspect.getdoc(fn)
+        doc = _raw_docstring(fn) or inspect.getdoc(fn)
         if not doc:
             raise QueryArgumentError(f"@lmql_lite.query: {fn.__name__} needs a docstring holding the query")
-        lines = doc.splitlines()
+        lines = inspect.cleandoc(doc).splitlines()
         if lines and lines[0].strip() == "lmql":
             lines = lines[1:]
         self.source = "\n".join(lines) + "\n"
@@ -223,6 +226,26 @@ class QueryFunction:
         if isinstance(result, list):
             return [r.value if r.value is not None else r for r in result]
         return result.value if result.value is not None else result
+
+
+_STRING_LITERAL = re.compile(r"""[rRuU]?('''|\"\"\"|'|")(.*)\1""", re.S)
+
+
+def _raw_docstring(fn: Callable) -> str | None:
+    """The docstring as written in the source, escapes untouched.
+
+    A query's own string literals need their backslash escapes (`"Q\\n"`) as written, so query
+    functions are read from their source, as LMQL does; None when the source is unavailable.
+    """
+    try:
+        source = textwrap.dedent(inspect.getsource(fn))
+        node = ast.parse(source).body[0].body[0]
+    except (OSError, TypeError, SyntaxError, IndexError, AttributeError):
+        return None
+    if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+        return None
+    match = _STRING_LITERAL.fullmatch(ast.get_source_segment(source, node.value) or "")
+    return match.group(2) if match else None
 
 
 def query(fn: Callable | None = None, *, model: Any = None):

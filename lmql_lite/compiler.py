@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import builtins
 import copy
+import linecache
 import symtable
 import types
 from dataclasses import dataclass, field
@@ -55,6 +56,9 @@ class Program:
         """The generator function taking `params`, with `namespace` as its globals."""
         code = self._code.get(params)
         if code is None:
+            # Let tracebacks and inspect.getsource (query functions' docstrings) see the query's text.
+            lines = self.query.source.splitlines(keepends=True)
+            linecache.cache[self.filename] = (len(self.query.source), None, lines, self.filename)
             module = _with_params(self.module, params)
             code = compile(module, self.filename, "exec")
             self._code[params] = code
