@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ConstraintError
 from ..index import TokenIndex
-from . import automata, terms
+from . import automata, grammar, holes, terms
 from .holes import HolePlan, atom_language, longest_paths, plan_hole
 
 _OPS = {"<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
@@ -27,6 +27,9 @@ _OPS = {"<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.n
 
 def compile_guide(term: Any, var: str, index: TokenIndex, hole_type: Any = None) -> "Guide":
     """A guide for hole `var` under `term` (None/True: unconstrained); ConstraintError if it can never be satisfied."""
+    recursive = _recursive_grammar(term)
+    if recursive is not None:
+        return _grammar_guide(recursive, term, var, index, hole_type)
     guide = Guide(plan_hole(term, var, hole_type), index)
     counts = guide.plan.counts
     hi = counts.hi
@@ -36,6 +39,42 @@ def compile_guide(term: Any, var: str, index: TokenIndex, hole_type: Any = None)
         raise ConstraintError(f"{var} can never satisfy its constraint: no value can be written {room} "
                               f"under {guide.plan.term}")
     return guide
+
+
+def _recursive_grammar(term: Any) -> Any:
+    """The GRAMMAR atom of `term` whose grammar is not regular (llguidance matches it), or None."""
+    atoms = term.parts if isinstance(term, (terms.And, terms.Or)) else (term,)
+    for atom in atoms:
+        inner = atom.part if isinstance(atom, terms.Not) else atom
+        if isinstance(inner, (terms.And, terms.Or, terms.Not)):
+            found = _recursive_grammar(inner)
+            if found is not None:
+                return found
+        elif isinstance(inner, terms.Grammar) and grammar.regular_language(inner.text) is None:
+            return inner
+    return None
+
+
+def _grammar_guide(atom: Any, term: Any, var: str, index: TokenIndex, hole_type: Any) -> "grammar.GrammarGuide":
+    """A recursive grammar: alone, with token budgets (< or <=) and Python post-checks only."""
+    if hole_type not in (None, str):
+        raise ConstraintError(f"GRAMMAR({var}, ...) cannot be combined with the hole type {hole_type!r}")
+    budget, checks = math.inf, []
+    for part in term.parts if isinstance(term, terms.And) else (term,):
+        if part is atom:
+            continue
+        if isinstance(part, terms.Compare) and isinstance(part.left, terms.Length) \
+                and isinstance(part.left.of, terms.Tokens) and part.op in ("<", "<="):
+            budget = min(budget, math.ceil(part.right) - 1 if part.op == "<" else math.floor(part.right))
+        elif isinstance(part, terms.Predicate) or holes._is_post_check(part):
+            checks.append(part)
+        else:
+            raise ConstraintError(f"{part}: a recursive GRAMMAR combines only with len(TOKENS({var})) < n and "
+                                  "Python checks (its grammar has nested rules, so it is not a regular language)")
+    if budget < 1:
+        raise ConstraintError(f"{var} can never satisfy its constraint: no token budget for {term}")
+    check = (lambda text: all(_holds(p, var, text, text, 0) for p in checks)) if checks else None
+    return grammar.GrammarGuide(var, atom.text, index, term, budget, check)
 
 
 class Guide:
@@ -158,14 +197,14 @@ class Guide:
         return bytes(data).decode("utf-8", errors="replace")
 
     def value(self) -> Any:
-        """The hole's value (int/float for numeric holes); runs the post-checks."""
+        """The hole's value (int/float for numeric holes, the object for JSON holes); runs the post-checks."""
         text = self.text()
         value: Any = text
         if self.plan.convert is not None:
             try:
                 value = self.plan.convert(text)
-            except ValueError:
-                raise ConstraintError(f"{self.plan.var} = {text!r} is not a valid {self.plan.convert.__name__}") from None
+            except ConstraintError as e:
+                raise ConstraintError(f"{self.plan.var}: {e.message}") from None
         if self.plan.check and not _holds(self.plan.term, self.plan.var, value, text, self.tokens_used):
             raise ConstraintError(f"{self.plan.var} = {value!r} does not satisfy {self.plan.term}")
         return value

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConstraintError
-from . import automata, terms
+from . import automata, grammar, json_schema, terms
 from .automata import Dfa
 from .regex import regex_dfa
 
@@ -137,7 +137,7 @@ class HolePlan:
     term: Any                # the constraint (for messages and the post-check)
     automaton: HoleAutomaton
     counts: Counts
-    convert: type | None     # int or float: the value's type
+    convert: Any             # text -> value (int, float, JSON), raising ConstraintError; None: the text
     check: bool = False      # the term holds parts only a post-check decides
     atoms: dict = field(default_factory=dict)
 
@@ -160,12 +160,21 @@ def plan_hole(term: Any, var: str, hole_type: Any = None) -> HolePlan:
     if not spec.stops and counts.lo > 0 and automaton.longest[0] < counts.lo:
         raise ConstraintError(f"{var} can never satisfy its constraint: every value is shorter than "
                               f"{counts.lo} tokens in {shown}")
-    convert = int if hole_type is int else float if hole_type is float else None
-    if convert is None and full is not None:
-        conjuncts = full.parts if isinstance(full, terms.And) else (full,)
-        convert = next((c for t, c in ((terms.Int, int), (terms.Float, float))
-                        for p in conjuncts if isinstance(p, t)), None)
+    conjuncts = () if full is None else full.parts if isinstance(full, terms.And) else (full,)
+    typed = next((p for p in conjuncts if isinstance(p, (terms.Int, terms.Float, terms.Json, terms.Grammar))), None)
+    convert = None if typed is None else json_schema.converter(typed.schema) if isinstance(typed, terms.Json) \
+        else grammar.converter(typed.text) if isinstance(typed, terms.Grammar) \
+        else _number(int if isinstance(typed, terms.Int) else float)
     return HolePlan(var, full, automaton, counts, convert, spec.check)
+
+
+def _number(kind: type):
+    def convert(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ConstraintError(f"{text!r} is not a valid {kind.__name__}") from None
+    return convert
 
 
 def _type_term(var: str, hole_type: Any) -> Any:
@@ -177,8 +186,11 @@ def _type_term(var: str, hole_type: Any) -> Any:
         return terms.Float(var)
     if isinstance(hole_type, str):
         return terms.Regex(var, hole_type)
+    if json_schema.is_json_type(hole_type):
+        return terms.Json(var, hole_type)
     raise ConstraintError(f"[{var}: {getattr(hole_type, '__name__', hole_type)}] is not a type the "
-                          "constraint engine supports (int, float, str or a regex string)")
+                          "constraint engine supports (int, float, str, a regex string, a dataclass, a pydantic "
+                          "model, an enum or a typing type such as list[str])")
 
 
 # ---- terms → specs ----------------------------------------------------------------------
@@ -279,6 +291,13 @@ def atom_language(atom: Any) -> Dfa:
         return regex_dfa(FLOAT_PATTERN)
     if isinstance(atom, terms.In):
         return _choices(atom.options)
+    if isinstance(atom, terms.Json):
+        return json_schema.language(atom.schema)
+    if isinstance(atom, terms.Grammar):
+        dfa = grammar.regular_language(atom.text)
+        if dfa is None:
+            raise ConstraintError(f"{atom}: a recursive grammar cannot be combined with this constraint here")
+        return dfa
     if isinstance(atom, terms.Contains):
         return regex_dfa("(?s).*" + re.escape(atom.substring) + ".*")
     if isinstance(atom, terms.Compare) and isinstance(atom.left, terms.Var):

@@ -41,22 +41,8 @@ _UNSUPPORTED = {getattr(sre_c, name): feature for name, feature in {
 @functools.lru_cache(maxsize=256)
 def regex_dfa(pattern: str) -> Dfa:
     """The DFA of the texts `re.fullmatch(pattern, text)` accepts."""
-    try:
-        parsed = sre_parse.parse(pattern)
-    except re.error as e:
-        raise ConstraintError(f"invalid regular expression {pattern!r}: {e}") from None
-    nfa = _Nfa()
-    items = list(parsed)
-    flags = parsed.state.flags
-    if items and items[0][0] is sre_c.AT and items[0][1] in (sre_c.AT_BEGINNING, sre_c.AT_BEGINNING_STRING):
-        items = items[1:]
-    if items and items[-1][0] is sre_c.AT and items[-1][1] in (sre_c.AT_END, sre_c.AT_END_STRING):
-        items = items[:-1]
-    try:
-        start, end = nfa.sequence(items, flags)
-    except ConstraintError as e:
-        raise ConstraintError(f"regular expression {pattern!r}: {e.message}") from None
-    return nfa.determinize(start, end)
+    nfa = Nfa()
+    return nfa.determinize(*nfa.pattern(pattern))
 
 
 # ---- character sets as sorted, disjoint, inclusive code point ranges ----------------------
@@ -138,8 +124,11 @@ def _utf8_sequences(lo: int, hi: int):
     yield list(zip(chr(lo).encode("utf-8"), chr(hi).encode("utf-8")))
 
 
-class _Nfa:
-    """A Thompson NFA over bytes: per state, epsilon targets and (lo, hi, target) byte edges."""
+class Nfa:
+    """A Thompson NFA over bytes: per state, epsilon targets and (lo, hi, target) byte edges.
+
+    Methods that build return a fragment `(start, end)`: its texts lead from start to end.
+    """
 
     def __init__(self):
         self.eps: list[list[int]] = []
@@ -149,6 +138,58 @@ class _Nfa:
         self.eps.append([])
         self.edges.append([])
         return len(self.eps) - 1
+
+    def pattern(self, pattern: str) -> tuple[int, int]:
+        """A fragment for the texts `re.fullmatch(pattern, text)` accepts."""
+        try:
+            parsed = sre_parse.parse(pattern)
+        except re.error as e:
+            raise ConstraintError(f"invalid regular expression {pattern!r}: {e}") from None
+        items = list(parsed)
+        if items and items[0][0] is sre_c.AT and items[0][1] in (sre_c.AT_BEGINNING, sre_c.AT_BEGINNING_STRING):
+            items = items[1:]
+        if items and items[-1][0] is sre_c.AT and items[-1][1] in (sre_c.AT_END, sre_c.AT_END_STRING):
+            items = items[:-1]
+        try:
+            return self.sequence(items, parsed.state.flags)
+        except ConstraintError as e:
+            raise ConstraintError(f"regular expression {pattern!r}: {e.message}") from None
+
+    def literal(self, data: bytes) -> tuple[int, int]:
+        start = end = self.state()
+        for b in data:
+            nxt = self.state()
+            self.edges[end].append((b, b, nxt))
+            end = nxt
+        return start, end
+
+    def embed(self, dfa: Dfa) -> tuple[int, int]:
+        """A fragment for the language of `dfa` (a copy of its states)."""
+        first = len(self.eps)
+        for _ in range(len(dfa)):
+            self.state()
+        end = self.state()
+        for s, row in enumerate(dfa.table):
+            cuts = np.flatnonzero(np.diff(row) != 0) + 1
+            for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), 256]):
+                if row[lo] >= 0:
+                    self.edges[first + s].append((lo, hi - 1, first + int(row[lo])))
+            if dfa.accepting[s]:
+                self.eps[first + s].append(end)
+        return first, end
+
+    def chain(self, *fragments: tuple[int, int]) -> tuple[int, int]:
+        """The fragments one after another."""
+        for (_, e), (s, _) in zip(fragments, fragments[1:]):
+            self.eps[e].append(s)
+        return fragments[0][0], fragments[-1][1]
+
+    def either(self, fragments) -> tuple[int, int]:
+        start, end = self.state(), self.state()
+        for s, e in fragments:
+            self.eps[start].append(s)
+            self.eps[e].append(end)
+        return start, end
 
     def chars(self, ranges) -> tuple[int, int]:
         start, end = self.state(), self.state()
