@@ -109,6 +109,7 @@ class Branch:
         self.fed = 0                       # how many of self.tokens the batch row holds
         self.text = ""                     # prompt text not tokenized yet
         self.role: str | None = None
+        self.chatted = False               # a chat role was opened
         self.healable = False              # the last token came from prompt text
         self.hole: runtime.Hole | None = None
         self.guide = None
@@ -226,8 +227,11 @@ class Branch:
         self.runner.emit(self, text, "role")
 
     def _open_role(self, role: str) -> None:
+        first = self.role is None and not self.chatted
         self._close_role()
-        self.role = role
+        self.role, self.chatted = role, True
+        if first:  # the template's default system message, when the chat starts with another role
+            self._append_special(self.runner.model.chat_preamble(role))
         self._append_special(self.runner.model.role_markers(role)[0])
 
     def _close_role(self) -> None:

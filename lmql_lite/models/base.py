@@ -51,5 +51,9 @@ class LanguageModel(Protocol):
     def role_markers(self, role: str) -> tuple[str, str]:
         """(text that opens, text that closes) a chat message of `role`: system, user or assistant."""
 
+    def chat_preamble(self, first_role: str) -> str:
+        """Text the chat template puts before a chat whose first message is of `first_role`
+        (a default system message), or ""."""
+
     def batch(self, rows: int = 1) -> Batch:
         """A new, empty batch of `rows` sequences."""

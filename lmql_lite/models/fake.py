@@ -80,6 +80,9 @@ class FakeModel:
     def role_markers(self, role: str) -> tuple[str, str]:
         return f"{role.capitalize()}: ", "\n"
 
+    def chat_preamble(self, first_role: str) -> str:
+        return ""
+
     def batch(self, rows: int = 1) -> "FakeBatch":
         return FakeBatch(self, rows)
 

@@ -153,3 +153,10 @@ def test_every_token_goes_through_the_model_once(default_model):
     assert result.prompt.startswith(default_model.decode(sequence[len(default_model.bos_ids):]))
     # One forward pass per token the decoder chose; forced tokens ride along for free.
     assert t.forward_passes == t.generated_tokens
+
+
+def test_a_chat_without_system_message_gets_the_template_default(default_model):
+    r = run('"{:user}Say hi.{:assistant}[X]" where len(TOKENS(X)) < 4\n', default_model)
+    messages = [{"role": "user", "content": "Say hi."}]
+    expected = default_model.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert r.prompt.startswith(expected)
