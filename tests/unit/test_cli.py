@@ -115,3 +115,18 @@ def test_trace_table(tmp_path, capsys):
     assert cli.main(["run", write(tmp_path, CHOICE), "--arg", "country=x", "--trace"]) == 0
     err = capsys.readouterr().err
     assert "forward passes" in err and "allowed" in err
+
+
+def test_ctrl_c_stops_with_one_line(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(api, "run_compiled", interrupted)
+    assert cli.main(["run", write(tmp_path, CHOICE), "--arg", "country=x"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_undecodable_file_is_a_syntax_error(tmp_path, capsys):
+    path = tmp_path / "bad.lmq"
+    path.write_bytes(b'"ok"\n"caf\xe9 [X]"\n')
+    assert cli.main(["check", str(path)]) == 2
+    assert ":2:5: the file is not valid UTF-8" in capsys.readouterr().err
