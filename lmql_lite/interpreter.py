@@ -340,12 +340,16 @@ class Branch:
             appended = True
         return appended
 
-    def _only_choice(self) -> bool:
-        """Take the token when the mask allows exactly one (a healed ':' re-spelt, an end of sequence)."""
+    def allowed(self) -> np.ndarray:
+        """The guide's mask (vocab,); a hole that nothing can continue is an error at the hole."""
         try:
-            allowed = self.guide.allowed()
+            return self.guide.allowed()
         except LmqlError as e:
             raise self._at_hole(e)
+
+    def _only_choice(self) -> bool:
+        """Take the token when the mask allows exactly one (a healed ':' re-spelt, an end of sequence)."""
+        allowed = self.allowed()
         if self.guide.allowed_count != 1:
             return False
         self._take(int(np.flatnonzero(allowed)[0]), 0.0, "forced", 1)
@@ -354,10 +358,7 @@ class Branch:
     def choose(self, logits: torch.Tensor, generator: torch.Generator | None) -> None:
         """Pick this branch's next token from its logits (vocab,) with the decoder's rule."""
         t0 = time.perf_counter()
-        try:
-            allowed = self.guide.allowed()
-        except LmqlError as e:  # no token can continue the hole
-            raise self._at_hole(e)
+        allowed = self.allowed()
         scores = decoders.masked(logits, allowed)
         self.trace.mask_seconds += time.perf_counter() - t0
         if self.runner.options.name == "sample":
@@ -493,16 +494,17 @@ class Runner:
             self.branches.append(Branch(self, start, program, row))
         if self.options.name == "beam":
             return self._run_beam()
-        while True:
-            for b in self.branches:
-                b.settle()
-            active = [b for b in self.branches if b.needs_logits()]
-            if not active:
-                break
+        while active := self._settle():
             logits = self._forward(active)
             for b in active:
                 b.choose(logits[b.row], self.generator)
         return [b.result() for b in self.branches]
+
+    def _settle(self) -> list[Branch]:
+        """Let every branch run until it needs the model; the branches that now need logits."""
+        for b in self.branches:
+            b.settle()
+        return [b for b in self.branches if b.needs_logits()]
 
     def _forward(self, active: list[Branch]) -> torch.Tensor:
         """One forward pass: each active branch feeds the tokens it queued.  → (rows, vocab)"""
@@ -539,24 +541,16 @@ class Runner:
         n = self.options.n
         if len(self.branches) != 1:
             raise QueryArgumentError("beam decoding runs one input at a time")
-        while True:
-            for b in self.branches:
-                b.settle()
-            active = [b for b in self.branches if b.needs_logits()]
-            if not active:
-                break
+        while active := self._settle():
             logits = self._forward(active)
             candidates = []  # (total logprob, branch, token, token logprob, allowed count)
             for b in self.branches:
                 if not b.needs_logits():
                     candidates.append((b.logprob, b, None, 0.0, 0))
                     continue
-                scores = decoders.masked(logits[b.row], b.guide.allowed())
+                scores = decoders.masked(logits[b.row], b.allowed())
                 for tok, l in decoders.top_candidates(scores, n):
                     candidates.append((b.logprob + l, b, tok, l, b.guide.allowed_count))
-            if not candidates:
-                b = active[0]
-                raise ConstraintError(f"no token can continue {b.hole.name} under its constraint")
             candidates.sort(key=lambda c: -c[0])
             # Two tokenizations of the same text are one result: keep the more likely.
             chosen, texts = [], set()
