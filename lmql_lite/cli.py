@@ -26,11 +26,13 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args)
         return _run(args)
     except LmqlError as e:
+        _Printer.end_line()
         print(f"error: {e}" if e.line is None and not e.file else str(e), file=sys.stderr)
         if args.debug:
             traceback.print_exc()
         return e.exit_code
     except KeyboardInterrupt:
+        _Printer.end_line()
         print("interrupted", file=sys.stderr)
         return INTERRUPTED
     except BrokenPipeError:
@@ -119,12 +121,23 @@ def _parse_args(pairs: list[str]) -> dict[str, Any]:
 class _Printer:
     """Streams prompt text and hole values to stdout; values in colour on a terminal."""
 
+    line_open = False  # streamed text does not end with a newline yet
+
     def __init__(self, color: bool):
         self.color = color
+
+    @classmethod
+    def end_line(cls) -> None:
+        """Finish a streamed line, so a message that follows starts on its own line."""
+        if cls.line_open:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            cls.line_open = False
 
     def __call__(self, row: int, text: str, kind: str) -> None:
         if not text:
             return
+        _Printer.line_open = not text.endswith("\n")
         if self.color and kind == "value":
             text = f"\x1b[1;32m{text}\x1b[0m"
         elif self.color and kind == "role":
@@ -160,7 +173,7 @@ def _run(args) -> int:
             print(results[0].value if len(results) == 1 else [r.value for r in results])
         return 0
     if streaming:
-        sys.stdout.write("\n")
+        _Printer.end_line()
     else:
         for i, r in enumerate(results, 1):
             print(f"--- result {i} of {len(results)} (log-probability {r.logprob:.3f}) ---")
