@@ -206,10 +206,10 @@ def _print_trace(result) -> None:
           f"({t.prompt_tokens} prompt, {t.generated_tokens} chosen, {t.forced_tokens} forced), "
           f"masks {t.mask_seconds * 1000:.1f} ms", file=sys.stderr)
     if t.tokens:
-        print(f"{'variable':<12} {'token':<16} {'allowed':>8} {'how':<7} {'logprob':>8}", file=sys.stderr)
+        print(f"{'variable':<12} {'token':<16} {'allowed':>8} {'how':<7} {'logprob':>8} {'ms':>8}", file=sys.stderr)
         for rec in t.tokens:
-            print(f"{rec.variable:<12} {rec.text!r:<16} {rec.allowed:>8} {rec.how:<7} {rec.logprob:>8.3f}",
-                  file=sys.stderr)
+            print(f"{rec.variable:<12} {rec.text!r:<16} {rec.allowed:>8} {rec.how:<7} {rec.logprob:>8.3f} "
+                  f"{rec.seconds * 1000:>8.1f}", file=sys.stderr)
 
 
 def _arm_timeout(seconds: float) -> None:

@@ -35,7 +35,7 @@ class TokenRecord:
     allowed: int          # tokens the mask allowed at this step (0 for forced tokens)
     how: str              # "chosen" or "forced"
     logprob: float        # under the masked distribution the decoder chose from
-    seconds: float
+    seconds: float        # since the previous token of the hole (or its start): forward pass and choice
 
 
 @dataclass
@@ -116,6 +116,7 @@ class Branch:
         self.hole_start = 0
         self.heal_prefix = b""             # prompt bytes the hole's first token re-spells (healing)
         self.hole_logprob = 0.0
+        self.clock = 0.0                   # when the hole's last token was taken (for --trace)
         self.done = False
         self.value: Any = None
         self.logprob = 0.0
@@ -291,6 +292,7 @@ class Branch:
         self.hole, self.guide = hole, guide
         self.hole_start = len(self.tokens)
         self.hole_logprob = 0.0
+        self.clock = time.perf_counter()
         if len(self.tokens) >= self.runner.options.max_len:
             raise self._at_hole(ConstraintError(f"max_len={self.runner.options.max_len} is reached by the "
                                                 f"prompt before {hole.name} can be decoded"))
@@ -368,10 +370,13 @@ class Branch:
             logprob = decoders.log_softmax_at(scores, tok)
         self._take(tok, logprob, "chosen", self.guide.allowed_count)
 
-    def _take(self, tok: int, logprob: float, how: str, allowed: int, seconds: float = 0.0) -> None:
+    def _take(self, tok: int, logprob: float, how: str, allowed: int) -> None:
         if self.trace.tokens is not None:
+            now = time.perf_counter()
             text = self.runner.model.vocabulary.tokens[tok].decode("utf-8", errors="replace")
-            self.trace.tokens.append(TokenRecord(self.hole.name, tok, text, allowed, how, logprob, seconds))
+            self.trace.tokens.append(TokenRecord(self.hole.name, tok, text, allowed, how, logprob,
+                                                 now - self.clock))
+            self.clock = now
         if how == "forced":
             self.trace.forced_tokens += 1
         else:
