@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ast
 import bisect
-import importlib.util
+import importlib.resources
 import io
 import keyword
 import os
@@ -120,15 +120,20 @@ def _parser() -> lark.Lark:
     if _LARK is None:
         options = dict(parser="lalr", start=["plain_query", "decoded_query"], postlex=_Indenter(),
                        propagate_positions=True, maybe_placeholders=True, cache=_cache_file())
-        try:
-            installed = importlib.util.find_spec("lmql_lite.grammar") is not None
-        except ImportError:
-            installed = False
-        if installed:  # a wheel: the grammar is shipped inside the package
-            _LARK = lark.Lark.open_from_package("lmql_lite.grammar", "lmql.lark", **options)
-        else:  # a checkout
-            _LARK = lark.Lark.open(str(Path(__file__).resolve().parent.parent / "grammar" / "lmql.lark"), **options)
+        _LARK = lark.Lark(_grammar_text(), **options)
     return _LARK
+
+
+def _grammar_text() -> str:
+    """grammar/lmql.lark: shipped inside the wheel as `lmql_lite.grammar`, or next to the package in a checkout.
+
+    Read as a resource rather than with Lark.open_from_package, which quietly builds an empty
+    grammar from a namespace package (the shipped folder has no __init__.py).
+    """
+    try:
+        return importlib.resources.files("lmql_lite.grammar").joinpath("lmql.lark").read_text(encoding="utf-8")
+    except (ImportError, OSError):
+        return (Path(__file__).resolve().parent.parent / "grammar" / "lmql.lark").read_text(encoding="utf-8")
 
 
 def _cache_file() -> str | bool:
