@@ -176,7 +176,8 @@ def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_si
             for i, row in enumerate(chunk):
                 yield start + i, run_compiled(program, row, model=model, seed=seed)
             continue
-        m = m or resolve_model(program, chunk[0], model)
+        if m is None:
+            m = resolve_model(program, chunk[0], model)
         token = _current_model.set(m)
         try:
             results = run_program(program, m, _index(m), options, _starts(program, chunk))
