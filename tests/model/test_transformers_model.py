@@ -240,7 +240,7 @@ def test_cache_location_follows_the_environment(monkeypatch, tmp_path):
 @pytest.mark.model
 def test_default_model_with_a_damaged_cache_is_rebuilt(default_model, tmp_path, monkeypatch):
     good = backend._default_folder()
-    source = cache.file_identity(backend._default_gguf())
+    source = backend.default_identity(backend._default_gguf())
     monkeypatch.setenv("LMQL_LITE_CACHE", str(tmp_path))
     cache.build(tmp_path / backend.DEFAULT_NAME, source, lambda out: [shutil.copy(p, out) for p in good.iterdir()
                                                                       if p.name != cache.MANIFEST])
@@ -266,3 +266,14 @@ def test_an_unwritable_cache_is_a_model_error(tmp_path, monkeypatch):
     monkeypatch.setenv("LMQL_LITE_CACHE", str(blocker / "cache"))
     with pytest.raises(ModelError, match="LMQL_LITE_CACHE"):
         backend.load_model(None)
+
+
+def test_default_cache_identity_ignores_where_the_wheel_is_installed(tmp_path):
+    # A new virtual environment installs the same GGUF elsewhere: it must reuse the cache.
+    copies = [tmp_path / env / backend.DEFAULT_GGUF for env in ("venv-a", "venv-b")]
+    for path in copies:
+        path.parent.mkdir()
+        path.write_bytes(b"gguf" * 10)
+    assert backend.default_identity(copies[0]) == backend.default_identity(copies[1])
+    copies[1].write_bytes(b"gguf" * 11)
+    assert backend.default_identity(copies[0]) != backend.default_identity(copies[1])
