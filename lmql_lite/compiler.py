@@ -17,7 +17,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import nodes
+from . import nodes, runtime
 from .constraints import terms
 from .errors import LmqlSyntaxError
 
@@ -36,7 +36,7 @@ _RT, _C, _RESOLVE, _PROMPT, _FN = "__lmql_rt__", "__lmql_c__", "__lmql_v__", "__
 
 @dataclass
 class Program:
-    """A compiled query: build a generator with `start(inputs)`."""
+    """A compiled query; `function(params, namespace)` gives its generator function."""
     query: nodes.Query
     module: ast.Module                # defines __lmql_query__() with no parameters yet
     holes: tuple[str, ...]
@@ -62,14 +62,9 @@ class Program:
             module = _with_params(self.module, params)
             code = compile(module, self.filename, "exec")
             self._code[params] = code
-        scope = {**namespace, _RT: _runtime(), _C: terms, "__builtins__": builtins}
+        scope = {**namespace, _RT: runtime, _C: terms, "__builtins__": builtins}
         exec(code, scope)
         return scope[_FN]
-
-
-def _runtime():
-    from . import runtime
-    return runtime
 
 
 def compile_query(query: nodes.Query) -> Program:
