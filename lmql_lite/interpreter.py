@@ -11,6 +11,8 @@ the guide of the hole it is filling. All branches share one `Batch` (one row eac
 """
 from __future__ import annotations
 
+import copy
+import difflib
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from . import decoders, runtime
+from .compiler import DECODERS
 from .constraints import compile_guide, terms
 from .decoders import DecoderOptions
 from .errors import ConstraintError, LmqlError, QueryArgumentError, QueryRuntimeError
@@ -596,7 +599,6 @@ class Runner:
         """A copy of branch `b` with its own generator, rebuilt by replaying the values `b` was sent."""
         if len(b.frames) > 1:
             raise QueryArgumentError("beam decoding does not support nested queries")
-        import copy
         nb = copy.copy(b)
         gen = b.start()
         for value in b.sent:
@@ -621,6 +623,7 @@ def run_program(program, model, index: TokenIndex, options: DecoderOptions,
 
 
 def check_inputs(program, inputs: dict[str, Any]) -> None:
+    """Every input the query reads is given; a QueryArgumentError names the missing ones."""
     missing = [n for n in program.inputs if n not in inputs]
     decoder = program.query.decoder is None and _misspelt_decoder(missing)
     if decoder:
@@ -635,8 +638,7 @@ def check_inputs(program, inputs: dict[str, Any]) -> None:
 
 
 def _misspelt_decoder(names: list[str]) -> tuple[str, str] | None:
-    import difflib
-    from .compiler import DECODERS
+    """(name, decoder) when a would-be input is a misspelt decoder line such as `sampel(n=2)`."""
     for name in names:
         close = difflib.get_close_matches(name, DECODERS, 1, cutoff=0.75)
         if close:
