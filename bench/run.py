@@ -1,6 +1,6 @@
 """lmql_lite side by side with raw transformers greedy generation (issue 6, DESIGN.md §5).
 
-Run:  python bench/run.py                 table (5 repetitions after a warm-up, medians)
+Run:  python bench/run.py                 table (7 repetitions after a warm-up, medians)
       python bench/run.py --json          one JSON document (per-query ratio, median_ratio, max_ratio, ...)
       python bench/run.py --quick         smoke run: 1 repetition, no cold-start measurement
       python bench/run.py --profile       also cProfile lmql_lite over the suite (top functions)
@@ -15,7 +15,9 @@ For each query of the suite (common.SUITE), in one process and one run:
   (module.generate(max_new_tokens=N, min_new_tokens=N, do_sample=False)). For a `distribution`
   query (no generated tokens) raw scores the same values: the prompt once, then the values in one
   right-padded batched pass over the prompt's cache.
-The repetitions alternate lmql_lite / manual / generate so that machine noise hits all three alike.
+Each repetition runs lmql_lite, manual and generate back to back (in reversed order every other
+time), so that machine noise hits all three alike; a query's ratio is the median over repetitions
+of lmql_lite's time divided by the floor's time in the same repetition.
 """
 from __future__ import annotations
 
@@ -36,20 +38,32 @@ def log(*args) -> None:
 
 
 class ForwardTimer:
-    """Seconds spent inside model.module's forward (hooks), to split wall time into model and the rest."""
+    """Seconds spent inside the model's forward (hooks), to split wall time into model and the rest.
+
+    Hooks the causal LM and its body (`base_model`): lmql_lite calls the body alone when a mask
+    allows few tokens (it then computes only their logits, outside any hook: counted as its own
+    work). Nested calls count once.
+    """
 
     def __init__(self, module):
         self.seconds = 0.0
         self.calls = 0
         self._t0 = 0.0
-        self._handles = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
+        self._depth = 0
+        modules = [module] + ([module.base_model] if getattr(module, "base_model", module) is not module else [])
+        self._handles = [h for m in modules
+                         for h in (m.register_forward_pre_hook(self._pre), m.register_forward_hook(self._post))]
 
     def _pre(self, *_):
-        self._t0 = time.perf_counter()
+        if self._depth == 0:
+            self._t0 = time.perf_counter()
+        self._depth += 1
 
     def _post(self, *_):
-        self.seconds += time.perf_counter() - self._t0
-        self.calls += 1
+        self._depth -= 1
+        if self._depth == 0:
+            self.seconds += time.perf_counter() - self._t0
+            self.calls += 1
 
     def remove(self):
         for h in self._handles:
@@ -95,12 +109,17 @@ def measure_query(model, name: str, what: str, source: str, inputs: dict, reps: 
     for fn in raws.values():
         fn()
     lm_times, mask_times, raw_times = [], [], {k: [] for k in raws}
-    for _ in range(reps):
-        dt, res = common.timed(run_lmql)
-        lm_times.append(dt)
-        mask_times.append(res.trace.mask_seconds)
-        for k, fn in raws.items():
-            raw_times[k].append(common.timed(fn)[0])
+    sides = [("lmql", run_lmql)] + list(raws.items())
+    for rep in range(reps):
+        # Each repetition runs every side back to back, in alternating order: a slow stretch of
+        # the machine (other processes, frequency changes) then hits both sides of the pair.
+        for side, fn in (sides if rep % 2 == 0 else sides[::-1]):
+            dt, res = common.timed(fn)
+            if side == "lmql":
+                lm_times.append(dt)
+                mask_times.append(res.trace.mask_seconds)
+            else:
+                raw_times[side].append(dt)
     # One instrumented run of each side: time inside the model's forward vs everything else.
     timer = ForwardTimer(model.module)
     try:
@@ -116,13 +135,18 @@ def measure_query(model, name: str, what: str, source: str, inputs: dict, reps: 
     raw_medians = {k: median(v) for k, v in raw_times.items()}
     floor = min(raw_medians, key=raw_medians.get)
     raw = raw_medians[floor]
+    # The ratio is the median of the per-repetition ratios against the floor: pairing the runs
+    # of one repetition cancels the slow drifts that move both sides together.
+    pair_ratios = sorted(a / b for a, b in zip(lm_times, raw_times[floor]) if b)
     counted = n if candidates is None else row["scored_tokens"]
     row.update(
         lmql_ms=lm * 1e3, raw_ms=raw * 1e3, raw_floor=floor,
         raw_manual_ms=raw_medians.get("manual", float("nan")) * 1e3,
         raw_generate_ms=raw_medians.get("generate", float("nan")) * 1e3,
         lmql_tok_s=counted / lm if lm else None, raw_tok_s=counted / raw if raw else None,
-        ratio=lm / raw if raw else None,
+        ratio=median(pair_ratios) if pair_ratios else None,
+        ratio_of_medians=lm / raw if raw else None,
+        ratio_range=[pair_ratios[0], pair_ratios[-1]] if pair_ratios else None,
         mask_ms=median(mask_times) * 1e3, mask_share=median(mask_times) / lm if lm else None,
         mask_ms_per_token=median(mask_times) * 1e3 / max(tr.generated_tokens, 1),
         lmql_forward_calls=lm_calls,
@@ -265,22 +289,24 @@ def print_report(doc: dict) -> None:
     rows = []
     for q in doc["queries"]:
         if "error" in q:
-            rows.append((q["name"],) + (None,) * 12)
+            rows.append((q["name"],) + (None,) * 13)
             continue
         tokens = f"{q['tokens']} ({q['generated']}+{q['forced']})"
         if "scored_tokens" in q:
             tokens = f"{q['scored_tokens']} scored"
         rows.append((q["name"], tokens, q["forward_passes"], q["lmql_ms"], q["raw_ms"], q["raw_floor"],
-                     q["lmql_tok_s"], q["raw_tok_s"], q["ratio"], 100 * q["mask_share"],
+                     q["lmql_tok_s"], q["raw_tok_s"], q["ratio"],
+                     "{:.2f}-{:.2f}".format(*q["ratio_range"]), 100 * q["mask_share"],
                      100 * q["lmql_outside_forward_share"], q["lmql_outside_ms_per_pass"],
                      q["raw_outside_ms_per_pass"]))
     print(common.table(
         ("query", "tokens (gen+forced)", "passes", "lmql ms", "raw ms", "raw floor", "lmql tok/s", "raw tok/s",
-         "ratio", "mask %", "outside fwd %", "lmql ms/pass", "raw ms/pass"),
-        rows, ("{}", "{}", "{}", "{:.1f}", "{:.1f}", "{}", "{:.1f}", "{:.1f}", "{:.2f}", "{:.1f}", "{:.1f}",
+         "ratio", "ratio range", "mask %", "outside fwd %", "lmql ms/pass", "raw ms/pass"),
+        rows, ("{}", "{}", "{}", "{:.1f}", "{:.1f}", "{}", "{:.1f}", "{:.1f}", "{:.2f}", "{}", "{:.1f}", "{:.1f}",
                "{:.2f}", "{:.2f}")))
     print("tokens: hole tokens lmql_lite produced (chosen + forced), the raw side generates as many; passes: "
-          "lmql_lite's forward passes;\nratio: lmql ms / raw ms (raw = the faster of manual loop and generate); "
+          "lmql_lite's forward passes;\nratio: median over repetitions of lmql time / raw time in the same repetition "
+          "(raw = the faster of manual loop and generate by median), range: the lowest and highest of those; "
           "mask %: mask time / lmql wall; outside fwd %: share of lmql wall outside the model's forward;\n"
           "ms/pass: milliseconds outside the model's forward per forward pass (interpreter or loop overhead)")
     for q in doc["queries"]:
@@ -335,7 +361,7 @@ def profile_suite(model, suite, reps: int) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="1 repetition, no cold start: a smoke run")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both sides (default: torch's)")

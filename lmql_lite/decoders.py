@@ -36,21 +36,32 @@ class DecoderOptions:
             raise QueryArgumentError(f"max_len must be at least 1, got {self.max_len}")
 
 
+_MAX_CACHED = 512  # masks are cached per automaton state; keep what was derived from the most recent ones
 _BIASES: "OrderedDict[int, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
-_MAX_BIASES = 512  # masks are cached per automaton state; keep the biases of the most recent ones
+_IDS: "OrderedDict[int, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
+
+
+def _per_mask(cache: OrderedDict, allowed: np.ndarray, build) -> np.ndarray:
+    """`build(allowed)`, cached by the mask array's identity (guides reuse their mask arrays)."""
+    hit = cache.get(id(allowed))
+    if hit is not None and hit[0] is allowed:
+        cache.move_to_end(id(allowed))
+        return hit[1]
+    value = build(allowed)
+    cache[id(allowed)] = (allowed, value)  # holding the mask keeps its id from being reused
+    if len(cache) > _MAX_CACHED:
+        cache.popitem(last=False)
+    return value
 
 
 def mask_bias(allowed: np.ndarray) -> np.ndarray:
-    """0 where a token is allowed, -inf elsewhere (vocab,); cached, since guides reuse their mask arrays."""
-    hit = _BIASES.get(id(allowed))
-    if hit is not None and hit[0] is allowed:
-        _BIASES.move_to_end(id(allowed))
-        return hit[1]
-    bias = np.where(allowed, np.float32(0.0), np.float32(-np.inf))
-    _BIASES[id(allowed)] = (allowed, bias)  # holding the mask keeps its id from being reused
-    if len(_BIASES) > _MAX_BIASES:
-        _BIASES.popitem(last=False)
-    return bias
+    """0 where a token is allowed, -inf elsewhere (vocab,)."""
+    return _per_mask(_BIASES, allowed, lambda a: np.where(a, np.float32(0.0), np.float32(-np.inf)))
+
+
+def allowed_ids(allowed: np.ndarray) -> np.ndarray:
+    """The token ids a mask allows, sorted."""
+    return _per_mask(_IDS, allowed, np.flatnonzero)
 
 
 def masked(logits: torch.Tensor, allowed: np.ndarray) -> np.ndarray:

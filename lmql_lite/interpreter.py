@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -486,17 +487,28 @@ class Runner:
         self.on_text = on_text
         self.record_tokens = record_tokens
         self.eos_id = min(model.vocabulary.eos_ids) if model.vocabulary.eos_ids else None
-        self.generator = torch.Generator().manual_seed(options.seed if options.seed is not None
-                                                       else torch.seed() % 2**63)
-        self.batch = None
+        self._batch = None
         self.branches: list[Branch] = []
+
+    @functools.cached_property
+    def generator(self) -> torch.Generator:
+        """The sampling decoder's random numbers (seeded by `seed` when given)."""
+        seed = self.options.seed if self.options.seed is not None else torch.seed() % 2**63
+        return torch.Generator().manual_seed(seed)
+
+    @property
+    def batch(self):
+        """The model batch, one row per branch; made when first needed (a query may need no forward pass)."""
+        if self._batch is None:
+            self._batch = self.model.batch(len(self.branches))
+        return self._batch
 
     def emit(self, branch: Branch, text: str, kind: str) -> None:
         if self.on_text is not None:
             self.on_text(branch.row, text, kind)
 
     def run(self, starts: list[tuple[Callable[[], Iterator], Any]]) -> list[Result]:
-        self.batch = self.model.batch(len(starts))
+        self._batch = None
         self.branches = []
         for row, (start, program) in enumerate(starts):
             self.branches.append(Branch(self, start, program, row))
@@ -505,7 +517,7 @@ class Runner:
         while active := self._settle():
             logits = self._forward(active)
             for b in active:
-                b.choose(logits[b.row], self.generator)
+                b.choose(logits[b.row], self.generator if self.options.name == "sample" else None)
         return [b.result() for b in self.branches]
 
     def _settle(self) -> list[Branch]:
@@ -514,26 +526,40 @@ class Runner:
             b.settle()
         return [b for b in self.branches if b.needs_logits()]
 
-    def _forward(self, active: list[Branch]) -> torch.Tensor:
-        """One forward pass: each active branch feeds the tokens it queued.  → (rows, vocab)"""
-        feeds = [[] for _ in self.branches]
+    def _forward(self, active: list[Branch], masked: bool = True) -> torch.Tensor:
+        """One forward pass: each active branch feeds the tokens it queued.  → (rows, vocab)
+
+        With `masked`, a branch whose mask allows few tokens asks for their logits only (the
+        others may come back -inf); the decoders never look past the mask.
+        """
+        feeds: list[list[int]] = [[] for _ in self.branches]
+        only: list[np.ndarray | None] = [None] * len(self.branches)
         for b in active:
             feeds[b.row] = b.tokens[b.fed:]
             b.trace.forward_passes += 1
             b.trace.tokens_fed += len(feeds[b.row])
             b.fed = len(b.tokens)
+            if masked:
+                only[b.row] = self._few_allowed(b)
         rows = len(feeds)
         if rows > 1 and self.batch.forward_passes == 0 and all(f == feeds[0] for f in feeds):
             # n samples of one prompt: encode the prompt once, then copy its cache to every row.
             self.batch.select([0])
-            logits = self.batch.step(feeds[:1])
+            logits = self.batch.step(feeds[:1], only=only[:1])
             self.batch.select([0] * rows)
             return logits.expand(rows, -1)
-        return self.batch.step(feeds)
+        return self.batch.step(feeds, only=only)
+
+    def _few_allowed(self, b: Branch) -> np.ndarray | None:
+        """The ids `b`'s mask allows, when they are few (an eighth of the vocabulary at most), else None."""
+        allowed = b.allowed()
+        if b.guide.allowed_count > len(allowed) // 8:
+            return None
+        return decoders.allowed_ids(allowed)
 
     def score(self, branch: Branch, candidates: list[list[int]]) -> list[float]:
         """Total log-probability of each candidate continuing `branch`'s prompt, in one batched pass."""
-        first = self._forward([branch])[branch.row]
+        first = self._forward([branch], masked=False)[branch.row]
         rows = len(self.branches)
         self.batch.select(list(range(rows)) + [branch.row] * len(candidates))
         out = self.batch.step([[] for _ in range(rows)] + candidates, all_logits=True)

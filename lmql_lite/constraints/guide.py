@@ -112,8 +112,11 @@ class Guide:
 
         The array is cached and shared: do not modify it.
         """
-        key = (self.state, min(self.tokens_used, self._last_boundary + 1))
-        hit = None if self._finished or self._prefix else self._seen.get(key)
+        if self._prefix:  # healing: the first token, from the start state
+            key = ("healed", self._prefix)
+        else:
+            key = (self.state, min(self.tokens_used, self._last_boundary + 1))
+        hit = None if self._finished else self._seen.get(key)
         if hit is None:
             if self._finished:
                 mask = np.zeros(len(self.index), bool)
@@ -122,7 +125,7 @@ class Guide:
             else:
                 mask = self._mask()
             hit = (mask, int(mask.sum()))
-            if not self._finished and not self._prefix:
+            if not self._finished:
                 self._seen[key] = hit
         mask, self.allowed_count = hit
         if not self.allowed_count and not self._finished:

@@ -9,13 +9,17 @@ from ..index import Vocabulary
 class Batch(Protocol):
     """Rows of token sequences that share one key/value cache; each row only ever grows or is truncated."""
 
-    def step(self, feeds: Sequence[Sequence[int]], all_logits: bool = False):
+    def step(self, feeds: Sequence[Sequence[int]], all_logits: bool = False, only=None):
         """Feed each row its new tokens (possibly none) in one forward pass.
 
         Returns float32 logits after each row's last token, a tensor (rows, len(vocabulary)); a
         row fed nothing gets the logits after its current last token again. With `all_logits`,
         returns a list with, per row, the logits after each token fed to it: (len(feed), vocab)
         — used to score given continuations (distribution clauses).
+
+        `only` (ignored with `all_logits`): per row None or a sorted int array of token ids whose
+        logits the caller will read; a backend may skip computing the others and return -inf
+        there (the interpreter passes a hole's allowed tokens when they are few).
         """
 
     def truncate(self, row: int, n: int) -> None:

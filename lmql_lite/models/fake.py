@@ -96,12 +96,12 @@ class FakeBatch:
         self.forward_passes = 0
         self.tokens_fed = 0
 
-    def step(self, feeds: Sequence[Sequence[int]], all_logits: bool = False):
+    def step(self, feeds: Sequence[Sequence[int]], all_logits: bool = False, only=None):
         import torch
         assert len(feeds) == len(self._rows), "one feed per row"
         self.forward_passes += 1
         out = []
-        for row, feed in zip(self._rows, feeds):
+        for r, (row, feed) in enumerate(zip(self._rows, feeds)):
             start = len(row)
             row.extend(feed)
             self.tokens_fed += len(feed)
@@ -110,7 +110,13 @@ class FakeBatch:
                     [self.model.logits_for(row[:k]) for k in range(start + 1, len(row) + 1)])
                     if feed else np.zeros((0, len(self.model.vocabulary)), np.float32)))
             else:
-                out.append(torch.from_numpy(self.model.logits_for(row)))
+                logits = self.model.logits_for(row)
+                if only is not None and only[r] is not None:
+                    # Like a real model's sparse output head: the logits outside `only` are not computed.
+                    kept = np.full_like(logits, -np.inf)
+                    kept[only[r]] = logits[only[r]]
+                    logits = kept
+                out.append(torch.from_numpy(logits))
         return out if all_logits else torch.stack(out)
 
     def truncate(self, row: int, n: int) -> None:

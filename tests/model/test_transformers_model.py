@@ -1,6 +1,7 @@
 """The transformers backend: loading (default, any local folder, errors), the cache, and batches that match a plain re-encode."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import random
@@ -277,3 +278,48 @@ def test_default_cache_identity_ignores_where_the_wheel_is_installed(tmp_path):
     assert backend.default_identity(copies[0]) == backend.default_identity(copies[1])
     copies[1].write_bytes(b"gguf" * 11)
     assert backend.default_identity(copies[0]) != backend.default_identity(copies[1])
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_model", pytest.param("default_model", marks=pytest.mark.model)])
+def test_a_step_for_few_tokens_computes_exactly_their_logits(model_fixture, request):
+    model = request.getfixturevalue(model_fixture)
+    assert model._head is not None  # a plain causal LM: body, then a linear output layer
+    rng = random.Random(3)
+    batch = model.batch(3)
+    few = torch.tensor(sorted(rng.sample(range(len(model.vocabulary)), 9)))
+    only = [few.numpy(), None, few[:2].numpy()]
+    logits = batch.step([ordinary_tokens(model, n, rng) for n in (4, 2, 3)], only=only)
+    for row in range(3):
+        expected = reference_logits(model, batch.tokens(row))
+        ids = torch.arange(len(model.vocabulary)) if only[row] is None else torch.as_tensor(only[row])
+        torch.testing.assert_close(logits[row, ids], expected[ids], atol=1e-4, rtol=1e-4)
+        rest = torch.ones(len(model.vocabulary), dtype=torch.bool)
+        rest[ids] = False
+        assert torch.isneginf(logits[row, rest]).all()
+    # Rows that got only some logits are fed their last token again when asked for all of them.
+    before = batch.tokens_fed
+    assert_rows_match(model, batch, batch.step([[], [], []]))
+    assert batch.tokens_fed == before + 2
+    # A row with all its logits keeps them for a later step that feeds it nothing.
+    full = batch.step([[], ordinary_tokens(model, 1, rng), []])
+    batch.step([ordinary_tokens(model, 1, rng), [], []], only=[few.numpy(), None, None])
+    torch.testing.assert_close(batch.step([[], [], []])[1], full[1])
+    assert_rows_match(model, batch, batch.step([[], [], []]))
+
+
+def test_models_that_post_process_their_logits_always_take_the_full_pass(tiny_model_dir):
+    model = backend.load_model(str(tiny_model_dir))
+    forward = model.module.forward
+
+    @functools.wraps(forward)
+    def scaled(*args, **kwargs):  # like Gemma's soft-capping or Cohere's logit scale
+        out = forward(*args, **kwargs)
+        out.logits = out.logits * 0.5
+        return out
+
+    model.module.forward = scaled
+    assert model._head is None
+    batch = model.batch(1)
+    logits = batch.step([[5, 6, 7]], only=[torch.tensor([1, 2]).numpy()])
+    assert torch.isfinite(logits).all()
+    assert_rows_match(model, batch, logits)

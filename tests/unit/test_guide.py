@@ -186,6 +186,24 @@ def test_healing_first_token_starts_with_prefix_which_is_not_the_value(index):
     assert guide.is_finished() and guide.value() == "no"
 
 
+def test_healed_masks_are_computed_once_per_prefix(index, monkeypatch):
+    term = T.In("X", ("yes", "no"))
+    first = compile_guide(term, "X", index)
+    first.heal(b" ")
+    mask = first.allowed()
+    walks = []
+    monkeypatch.setattr(index, "walk", lambda *a, **k: walks.append(a) or pytest.fail("walked again"))
+    assert first.allowed() is mask  # asked again (settle, then choose): the same array
+    again = compile_guide(term, "X", index)  # the next hole with this constraint and prefix
+    again.heal(b" ")
+    assert again.allowed() is mask and again.allowed_count == first.allowed_count == int(mask.sum())
+    monkeypatch.undo()
+    other = compile_guide(T.In("X", ("no",)), "X", index)  # another constraint: its own healed mask
+    other.heal(b" ")
+    assert other.allowed()[ID[b" no"]] and not other.allowed()[ID[b" yes"]] and mask[ID[b" yes"]]
+    assert not walks
+
+
 def test_predicates_are_checked_on_the_value(index):
     ok = T.Predicate(lambda v: v.startswith("y"), (X,), (), "starts_y(X)")
     guide = run(index, T.And((T.In("X", ("yes", "no")), ok)), ["yes"])
