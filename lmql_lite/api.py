@@ -10,7 +10,7 @@ import re
 import textwrap
 from typing import Any, Callable, Iterable, Iterator
 
-from . import compiler, parser
+from . import checker, compiler, parser
 from .decoders import DecoderOptions
 from .errors import LmqlError, QueryArgumentError
 from .index import TokenIndex
@@ -68,12 +68,10 @@ def decoder_options(program: compiler.Program, inputs: dict[str, Any], **overrid
     decoder = program.query.decoder
     fields: dict[str, Any] = {}
     if decoder is not None:
-        name = compiler.DECODER_ALIASES.get(decoder.name, decoder.name)
-        if name not in compiler.DECODERS:
-            raise QueryArgumentError(f"unknown decoder '{decoder.name}' (known: {', '.join(compiler.DECODERS)})",
-                                     file=program.filename, line=decoder.pos.line, column=decoder.pos.column,
-                                     source_line=program.source_line(decoder.pos.line))
-        fields["name"] = name
+        problems = checker.check_decoder(program, decoder)  # the same rules as `lmql-lite check`
+        if problems:
+            raise problems[0]
+        fields["name"] = compiler.DECODER_ALIASES.get(decoder.name, decoder.name)
         values = [_evaluate(program, e, inputs) for e in decoder.args]
         if values:
             fields["n"] = values[0]
@@ -81,11 +79,6 @@ def decoder_options(program: compiler.Program, inputs: dict[str, Any], **overrid
             if key in ("chunksize", "openai_chunksize"):
                 continue  # LMQL's API-batching options mean nothing for a local model
             fields[key] = _evaluate(program, expr, inputs)
-        unknown = set(fields) - set(DecoderOptions.__dataclass_fields__)
-        if unknown:
-            raise QueryArgumentError(f"unknown decoder option {sorted(unknown)[0]}", file=program.filename,
-                                     line=decoder.pos.line, column=decoder.pos.column,
-                                     source_line=program.source_line(decoder.pos.line))
     fields.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return DecoderOptions(**fields)

@@ -14,7 +14,7 @@ def check(program: compiler.Program) -> list[LmqlError]:
     query = program.query
     problems: list[LmqlError] = []
     if query.decoder is not None:
-        problems += _check_decoder(program, query.decoder)
+        problems += check_decoder(program, query.decoder)
     wheres = [p.where for p in query.prompts if p.where is not None]
     if query.where is not None:
         wheres.append(query.where)
@@ -27,7 +27,7 @@ def _error(cls, program: compiler.Program, message: str, line: int, column: int)
     return cls(message, file=program.filename, line=line, column=column, source_line=program.source_line(line))
 
 
-def _check_decoder(program: compiler.Program, decoder: nodes.Decoder) -> list[LmqlError]:
+def check_decoder(program: compiler.Program, decoder: nodes.Decoder) -> list[LmqlError]:
     name = compiler.DECODER_ALIASES.get(decoder.name, decoder.name)
     if name not in compiler.DECODERS:
         hint = difflib.get_close_matches(decoder.name, list(compiler.DECODERS) + list(compiler.DECODER_ALIASES), 1)

@@ -122,7 +122,10 @@ def test_sample_n_shares_the_prompt_and_gives_n_results():
     ("sample(temperature=0)", "temperature must be positive"),
     ("sample(top_p=1.5)", "top_p"),
     ("argmax(max_len=0)", "max_len"),
-    ("sample(bogus=1)", "unknown decoder option"),
+    ("sample(bogus=1)", "unknown option 'bogus' for sample"),
+    ("argmax(n=2)", "unknown option 'n' for argmax"),  # the rules `lmql-lite check` applies
+    ("beam(temperature=0.5)", "unknown option 'temperature' for beam"),
+    ("argmax(3)", "argmax takes no positional argument"),
 ])
 def test_bad_decoder_options_are_argument_errors(bad, message):
     with pytest.raises(lmql_lite.QueryArgumentError, match=message):
