@@ -32,9 +32,13 @@ def model(name: str | None = None):
 
 
 def _index(m) -> TokenIndex:
+    """The model's token index, built once per process; a large vocabulary's trie is also kept on
+    disk (in the model cache's `index` folder), so a new process loads it instead of building it."""
     entry = _indexes.get(id(m))
     if entry is None or entry[0] is not m:
-        entry = _indexes[id(m)] = (m, TokenIndex(m.vocabulary))
+        from .models.cache import cache_root
+        disk = cache_root() / "index" if len(m.vocabulary) >= 4096 else None
+        entry = _indexes[id(m)] = (m, TokenIndex(m.vocabulary, cache_dir=disk))
     return entry[1]
 
 
@@ -44,7 +48,9 @@ def load(source_or_path: str, filename: str | None = None) -> compiler.Program:
     key = (filename, source)
     program = _programs.get(key)
     if program is None:
-        program = _programs[key] = compiler.compile_query(parser.parse(source, filename))
+        # A query file (not text made in Python: "<query>", "<F>", ...) is also cached on disk.
+        parse = parser.parse if filename.startswith("<") else parser.parse_cached
+        program = _programs[key] = compiler.compile_query(parse(source, filename))
     return program
 
 

@@ -76,7 +76,7 @@ def _check(args) -> int:
     for path in args.files:
         try:
             source = _read_source(path)
-            problems = checker.check(compiler.compile_query(parser.parse(source, path)))
+            problems = checker.check(compiler.compile_query(parser.parse_cached(source, path)))
         except LmqlError as e:
             problems = [e]
         for e in problems:

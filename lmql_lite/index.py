@@ -1,8 +1,14 @@
 """The vocabulary as bytes, and the token index: per automaton state, which tokens are allowed and where each one leads."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import tempfile
 import weakref
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -46,28 +52,20 @@ class TokenIndex:
     while stop phrases are not yet in force). Built once per vocabulary.
     """
 
-    def __init__(self, vocabulary: Vocabulary):
+    def __init__(self, vocabulary: Vocabulary, *, cache_dir: Path | None = None):
+        """Build the trie of `vocabulary`, or load it from `cache_dir` (where it is saved once built)."""
         self.vocabulary = vocabulary
         never = set(vocabulary.special_ids) | set(vocabulary.eos_ids)
         texts = [b"" if i in never else t for i, t in enumerate(vocabulary.tokens)]
-        by_depth: dict[int, set[bytes]] = {}
-        for t in set(texts):
-            for j in range(1, len(t) + 1):
-                by_depth.setdefault(j, set()).add(t[:j])
-        # Node ids depth by depth, each depth in byte order: the children of a node are contiguous.
-        node = {b"": 0}
-        parent, byte = [0], [0]
-        for depth in sorted(by_depth):
-            for prefix in sorted(by_depth[depth]):
-                node[prefix] = len(parent)
-                parent.append(node[prefix[:-1]])
-                byte.append(prefix[-1])
-        self._byte = np.array(byte, np.int64)
-        below = np.array(parent[1:], np.int64)  # non-decreasing
-        self._child_start = np.searchsorted(below, np.arange(len(parent))) + 1
-        self._child_end = np.searchsorted(below, np.arange(len(parent)), side="right") + 1
-        self._token_node = np.array([node[t] for t in texts], np.int64)  # 0 (the root): never allowed
-        self._nodes = node
+        trie = None
+        if cache_dir is not None:
+            path = Path(cache_dir) / f"index-{_fingerprint(texts)}.npz"
+            trie = _load_trie(path, len(texts))
+        if trie is None:
+            trie = _build_trie(texts)
+            if cache_dir is not None:
+                _save_trie(path, trie)
+        self._byte, self._child_start, self._child_end, self._token_node = trie
         self.max_token_bytes = max(map(len, texts), default=0)
         self.eos_ids = np.array(sorted(vocabulary.eos_ids), np.int64)
         singles = {t for t in texts if len(t) == 1}
@@ -95,7 +93,7 @@ class TokenIndex:
 
     def walk(self, automaton, state: int, armed: bool, prefix: bytes = b"") -> Allowed:
         """The tokens that start with `prefix` and whose remaining bytes keep `automaton` alive from `state`."""
-        root = self._nodes.get(prefix)
+        root = self._node(prefix)
         ends_at = np.full(len(self._byte), -1, np.int32)  # per trie node: state after it, -2: a stop fired
         if root is None:
             return self._result(ends_at, armed, None)
@@ -125,6 +123,17 @@ class TokenIndex:
             ends_at[nodes] = states
         return self._result(ends_at, armed, end_ok)
 
+    def _node(self, prefix: bytes) -> int | None:
+        """The trie node spelling `prefix` (0: the root), or None when no token starts with it."""
+        node = 0
+        for b in prefix:
+            lo, hi = int(self._child_start[node]), int(self._child_end[node])
+            i = lo + int(np.searchsorted(self._byte[lo:hi], b))  # children are in byte order
+            if i >= hi or self._byte[i] != b:
+                return None
+            node = i
+        return node
+
     def _result(self, ends_at: np.ndarray, armed: bool, end_ok: np.ndarray | None) -> Allowed:
         ends = ends_at[self._token_node]
         ok = ends != -1
@@ -135,3 +144,66 @@ class TokenIndex:
         mask = np.zeros(len(self.vocabulary), bool)
         mask[ids] = True
         return Allowed(mask, ids, ends, np.unique(ends))
+
+
+# ---- the trie, built or loaded -------------------------------------------------------------
+
+_TRIE_FORMAT = 1  # bump when the arrays change meaning: older files are then ignored
+
+
+def _build_trie(texts: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(byte, child_start, child_end, token_node) of the trie of `texts` (b"": never allowed, node 0)."""
+    by_depth: dict[int, set[bytes]] = {}
+    for t in set(texts):
+        for j in range(1, len(t) + 1):
+            by_depth.setdefault(j, set()).add(t[:j])
+    # Node ids depth by depth, each depth in byte order: the children of a node are contiguous.
+    node = {b"": 0}
+    parent, byte = [0], [0]
+    for depth in sorted(by_depth):
+        for prefix in sorted(by_depth[depth]):
+            node[prefix] = len(parent)
+            parent.append(node[prefix[:-1]])
+            byte.append(prefix[-1])
+    below = np.array(parent[1:], np.int64)  # non-decreasing
+    child_start = np.searchsorted(below, np.arange(len(parent))) + 1
+    child_end = np.searchsorted(below, np.arange(len(parent)), side="right") + 1
+    token_node = np.array([node[t] for t in texts], np.int64)
+    return np.array(byte, np.int64), child_start, child_end, token_node
+
+
+def _fingerprint(texts: list[bytes]) -> str:
+    digest = hashlib.sha256(f"trie {_TRIE_FORMAT} {len(texts)}\n".encode())
+    for t in texts:
+        digest.update(len(t).to_bytes(2, "little"))
+        digest.update(t)
+    return digest.hexdigest()[:32]
+
+
+def _load_trie(path: Path, tokens: int):
+    try:
+        with np.load(path) as data:
+            trie = tuple(data[name] for name in ("byte", "child_start", "child_end", "token_node"))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing or damaged: build it again
+        return None
+    byte, child_start, child_end, token_node = trie
+    nodes = len(byte)
+    if len(token_node) != tokens or len(child_start) != nodes or len(child_end) != nodes \
+            or (tokens and not 0 <= token_node.min() <= token_node.max() < nodes):
+        return None
+    return trie
+
+
+def _save_trie(path: Path, trie) -> None:
+    """Write atomically (a temporary file, then rename); a cache that cannot be written is skipped."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **dict(zip(("byte", "child_start", "child_end", "token_node"), trie)))
+        os.replace(tmp, path)
+    except OSError:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)

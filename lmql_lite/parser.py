@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import ast
 import bisect
+import contextlib
+import functools
+import hashlib
 import importlib.resources
 import io
 import keyword
 import os
+import pickle
 import re
+import tempfile
 import tokenize
 import warnings
 from pathlib import Path
@@ -54,6 +59,68 @@ def parse(source: str, filename: str = "<query>") -> nodes.Query:
         if error.source_line is None:
             error.source_line = lines[error.line - 1]
     raise error.locate(file=filename) from None
+
+
+def parse_cached(source: str, filename: str) -> nodes.Query:
+    """`parse`, with the result kept in the user's cache (`<cache>/queries/`) for a query file.
+
+    Keyed by the text, the file name and this parser's own code (grammar, parser, nodes), so a
+    query file run again in a new process skips Lark, whose tables take about half a second to
+    load. Text that does not parse is never stored. Meant for query files, whose number is bounded:
+    queries built in Python at run time are cached in their process only (`api.load`).
+    """
+    folder = _cache_folder("queries")
+    if folder is None:
+        return parse(source, filename)
+    digest = hashlib.sha256(_code_fingerprint())
+    digest.update(repr((filename, source)).encode("utf-8", "surrogatepass"))
+    path = folder / f"{digest.hexdigest()[:32]}.pickle"
+    try:
+        with open(path, "rb") as f:
+            query = pickle.load(f)
+        if isinstance(query, nodes.Query):
+            return query
+    except Exception:  # missing, damaged or written by other code: parse again
+        pass
+    query = parse(source, filename)
+    _write_atomic(path, pickle.dumps(query, protocol=pickle.HIGHEST_PROTOCOL))
+    return query
+
+
+@functools.lru_cache(maxsize=1)
+def _code_fingerprint() -> bytes:
+    parts = [_grammar_text(), lark.__version__]
+    for module in (__file__, nodes.__file__):
+        try:
+            parts.append(Path(module).read_text(encoding="utf-8"))
+        except OSError:
+            parts.append(module)
+    return hashlib.sha256("\0".join(parts).encode("utf-8")).digest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """A temporary file renamed into place; a cache that cannot be written is skipped."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _cache_folder(name: str) -> Path | None:
+    """`<cache root>/<name>` (see `models.cache.cache_root`), created; None when it cannot be written."""
+    from .models.cache import cache_root
+    folder = cache_root() / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder if os.access(folder, os.W_OK) else None
 
 
 # --- the Lark parser, built once per process (and cached on disk between processes) -----------
@@ -138,15 +205,8 @@ def _grammar_text() -> str:
 
 def _cache_file() -> str | bool:
     """A per-user cache file (not the shared temp dir: Lark's cache is a pickle)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    folder = os.path.join(base, "lmql_lite")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError:
-        return False
-    if not os.access(folder, os.W_OK):
-        return False
-    return os.path.join(folder, f"grammar-lark-{lark.__version__}.cache")
+    folder = _cache_folder("")
+    return False if folder is None else str(folder / f"grammar-lark-{lark.__version__}.cache")
 
 
 # --- errors ---------------------------------------------------------------------------------

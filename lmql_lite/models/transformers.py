@@ -140,7 +140,7 @@ class TransformersModel:
             return None
         parameters = inspect.signature(body.forward).parameters
         cache_name = "cache" if "cache" in parameters else "past_key_values"
-        probe = torch.tensor([self.bos_ids + self.encode("The probe, 42.")])
+        probe = torch.tensor([self.bos_ids + self.encode("The probe")])  # short: it costs two passes
         try:
             with torch.inference_mode():
                 full = module(input_ids=probe).logits[0, -1].float()

@@ -64,7 +64,7 @@ def test_walk_equals_naive_walk_in_every_state(index, term, armed):
         assert step.mask.sum() == len(expected)
 
 
-@pytest.mark.parametrize("prefix", [b"a", b"\xc3", b".", b" "])
+@pytest.mark.parametrize("prefix", [b"a", b"ab", b"\xc3", b".", b" ", b"abd", b"z"])
 def test_walk_from_a_prefix_keeps_tokens_that_start_with_it(index, prefix):
     automaton = plan_hole(T.Regex("X", r"[abc.]+|é\.?|b"), "X").automaton
     step = index.walk(automaton, 0, False, prefix)
@@ -87,3 +87,48 @@ def test_index_facts(index):
     assert len(index.missing_bytes) == 256 - 9
     assert not len(TokenIndex(Vocabulary(tuple(bytes([b]) for b in range(256)), frozenset())).missing_bytes)
     assert np.array_equal(index.eos_ids, [0])
+
+
+def _all_walks(index):
+    """Every state's walk for a few constraints, and walks from prefixes: what a trie decides."""
+    out = []
+    for term in CONSTRAINTS:
+        automaton = plan_hole(term, "X").automaton
+        for state in range(len(automaton.table)):
+            out.append(index.walk(automaton, state, True).ids.tolist())
+        for prefix in (b"a", b"\xc3", b" ", b"zz"):
+            out.append(index.walk(automaton, 0, False, prefix).ids.tolist())
+    return out
+
+
+def test_the_trie_is_saved_once_and_loaded_by_the_next_index(tmp_path, monkeypatch):
+    from lmql_lite import index as index_module
+    built = TokenIndex(VOCAB, cache_dir=tmp_path)
+    files = list(tmp_path.glob("index-*.npz"))
+    assert len(files) == 1
+    fresh = TokenIndex(VOCAB)
+    monkeypatch.setattr(index_module, "_build_trie", lambda texts: pytest.fail("built again"))
+    loaded = TokenIndex(VOCAB, cache_dir=tmp_path)
+    assert _all_walks(loaded) == _all_walks(built) == _all_walks(fresh)
+    other = Vocabulary(TOKENS[:-1] + (b"xyz",), eos_ids=VOCAB.eos_ids, special_ids=VOCAB.special_ids)
+    monkeypatch.undo()
+    TokenIndex(other, cache_dir=tmp_path)  # another vocabulary: another file
+    assert len(list(tmp_path.glob("index-*.npz"))) == 2
+
+
+@pytest.mark.parametrize("damage", [lambda p: p.write_bytes(p.read_bytes()[:40]), lambda p: p.write_bytes(b""),
+                                    lambda p: p.write_bytes(b"PK" + bytes(200))], ids=["cut", "empty", "garbage"])
+def test_a_damaged_saved_trie_is_built_again(tmp_path, damage):
+    TokenIndex(VOCAB, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("index-*.npz")
+    damage(path)
+    assert _all_walks(TokenIndex(VOCAB, cache_dir=tmp_path)) == _all_walks(TokenIndex(VOCAB))
+    assert TokenIndex(VOCAB, cache_dir=tmp_path)._byte.size  # rewritten, loads again
+
+
+def test_an_unwritable_cache_folder_only_costs_the_build(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    index = TokenIndex(VOCAB, cache_dir=blocker / "index")
+    assert _all_walks(index) == _all_walks(TokenIndex(VOCAB))
+    assert not list(tmp_path.glob("**/.index-*"))

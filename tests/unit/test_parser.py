@@ -213,3 +213,53 @@ def test_windows_line_endings():
     q = parse('argmax\r\n"a [X]"\r\nx = 1\r\n')
     assert q.body == '      \n__lmql_prompt__(0)\nx = 1\n'
     assert q.prompts[0].parts[1].pos == nodes.Pos(2, 4)
+
+
+# ---- query files parsed once, across processes ------------------------------------------------
+
+CACHED_SOURCE = 'argmax\n    "Q: {q}\\nA: [ANSWER]" where STOPS_AT(ANSWER, "\\n")\n    return ANSWER\n'
+
+
+def test_a_query_file_is_parsed_once_and_read_back_from_the_cache(tmp_path, monkeypatch):
+    from lmql_lite import parser
+    monkeypatch.setenv("LMQL_LITE_CACHE", str(tmp_path))
+    first = parser.parse_cached(CACHED_SOURCE, "q.lmq")
+    assert first == parse(CACHED_SOURCE, "q.lmq")
+    assert len(list((tmp_path / "queries").glob("*.pickle"))) == 1
+    monkeypatch.setattr(parser, "_Builder", lambda *a: pytest.fail("parsed again"))
+    assert parser.parse_cached(CACHED_SOURCE, "q.lmq") == first
+    monkeypatch.undo()
+    monkeypatch.setenv("LMQL_LITE_CACHE", str(tmp_path))
+    parser.parse_cached(CACHED_SOURCE + "\n", "q.lmq")  # edited text, other file name: other entries
+    parser.parse_cached(CACHED_SOURCE, "other.lmq")
+    assert len(list((tmp_path / "queries").glob("*.pickle"))) == 3
+
+
+def test_cached_parsing_reports_errors_as_parse_does_and_stores_nothing(tmp_path, monkeypatch):
+    from lmql_lite import parser
+    from lmql_lite.errors import LmqlSyntaxError
+    monkeypatch.setenv("LMQL_LITE_CACHE", str(tmp_path))
+    bad = 'argmax\n    "Q: [ANSWER" where len(ANSWER) < 3\n'
+    with pytest.raises(LmqlSyntaxError) as cached:
+        parser.parse_cached(bad, "bad.lmq")
+    with pytest.raises(LmqlSyntaxError) as plain:
+        parse(bad, "bad.lmq")
+    assert str(cached.value) == str(plain.value) and cached.value.line == 2
+    assert not list((tmp_path / "queries").glob("*"))
+
+
+@pytest.mark.parametrize("damage", [b"", b"not a pickle", b"\x80\x04K\x01."], ids=["empty", "garbage", "an int"])
+def test_a_damaged_cache_entry_is_parsed_again(tmp_path, monkeypatch, damage):
+    from lmql_lite import parser
+    monkeypatch.setenv("LMQL_LITE_CACHE", str(tmp_path))
+    parser.parse_cached(CACHED_SOURCE, "q.lmq")
+    (entry,) = (tmp_path / "queries").glob("*.pickle")
+    entry.write_bytes(damage)
+    assert parser.parse_cached(CACHED_SOURCE, "q.lmq") == parse(CACHED_SOURCE, "q.lmq")
+
+
+def test_an_unwritable_cache_only_costs_the_parse(tmp_path, monkeypatch):
+    from lmql_lite import parser
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("LMQL_LITE_CACHE", str(tmp_path / "file"))
+    assert parser.parse_cached(CACHED_SOURCE, "q.lmq") == parse(CACHED_SOURCE, "q.lmq")
