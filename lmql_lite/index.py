@@ -1,16 +1,16 @@
 """The vocabulary as bytes, and the token index: per automaton state, which tokens are allowed and where each one leads."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import tempfile
+import io
 import weakref
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .models import cache
 
 
 @dataclass(frozen=True)
@@ -195,15 +195,11 @@ def _load_trie(path: Path, tokens: int):
 
 
 def _save_trie(path: Path, trie) -> None:
-    """Write atomically (a temporary file, then rename); a cache that cannot be written is skipped."""
-    tmp = None
+    """Keep the trie in `path`; a cache folder that cannot be written is skipped."""
+    data = io.BytesIO()
+    np.savez(data, **dict(zip(("byte", "child_start", "child_end", "token_node"), trie)))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **dict(zip(("byte", "child_start", "child_end", "token_node"), trie)))
-        os.replace(tmp, path)
     except OSError:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        return
+    cache.write_file(path, data.getvalue())

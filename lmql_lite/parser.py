@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import ast
 import bisect
-import contextlib
 import functools
 import hashlib
 import importlib.resources
 import io
 import keyword
-import os
 import pickle
 import re
-import tempfile
 import tokenize
 import warnings
 from pathlib import Path
@@ -22,6 +19,7 @@ from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, Unex
 from lark.indenter import PythonIndenter
 
 from . import nodes
+from .models import cache
 from .errors import LmqlError, LmqlSyntaxError
 
 # LMQL 0.7's decoders; a first line naming one of them (bare or called, alone or followed by a
@@ -69,7 +67,7 @@ def parse_cached(source: str, filename: str) -> nodes.Query:
     load. Text that does not parse is never stored. Meant for query files, whose number is bounded:
     queries built in Python at run time are cached in their process only (`api.load`).
     """
-    folder = _cache_folder("queries")
+    folder = cache.subfolder("queries")
     if folder is None:
         return parse(source, filename)
     digest = hashlib.sha256(_code_fingerprint())
@@ -83,7 +81,7 @@ def parse_cached(source: str, filename: str) -> nodes.Query:
     except Exception:  # missing, damaged or written by other code: parse again
         pass
     query = parse(source, filename)
-    _write_atomic(path, pickle.dumps(query, protocol=pickle.HIGHEST_PROTOCOL))
+    cache.write_file(path, pickle.dumps(query, protocol=pickle.HIGHEST_PROTOCOL))
     return query
 
 
@@ -96,31 +94,6 @@ def _code_fingerprint() -> bytes:
         except OSError:
             parts.append(module)
     return hashlib.sha256("\0".join(parts).encode("utf-8")).digest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """A temporary file renamed into place; a cache that cannot be written is skipped."""
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-
-def _cache_folder(name: str) -> Path | None:
-    """`<cache root>/<name>` (see `models.cache.cache_root`), created; None when it cannot be written."""
-    from .models.cache import cache_root
-    folder = cache_root() / name
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    return folder if os.access(folder, os.W_OK) else None
 
 
 # --- the Lark parser, built once per process (and cached on disk between processes) -----------
@@ -205,7 +178,7 @@ def _grammar_text() -> str:
 
 def _cache_file() -> str | bool:
     """A per-user cache file (not the shared temp dir: Lark's cache is a pickle)."""
-    folder = _cache_folder("")
+    folder = cache.subfolder("")
     return False if folder is None else str(folder / f"grammar-lark-{lark.__version__}.cache")
 
 

@@ -20,6 +20,37 @@ def cache_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "lmql_lite"
 
 
+def subfolder(name: str) -> Path | None:
+    """`cache_root() / name`, created; None when it cannot be created or written (callers then skip caching)."""
+    folder = cache_root() / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder if os.access(folder, os.W_OK) else None
+
+
+def write_file(path: Path, data: bytes) -> bool:
+    """Write one cache file atomically (a temporary sibling renamed into place); False if it could not be written.
+
+    A reader sees the old file or the whole new one, never part of it.
+    """
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        return False
+
+
 def file_identity(path: Path) -> dict:
     """What identifies a source file cheaply: its path, size and modification time."""
     stat = path.stat()
