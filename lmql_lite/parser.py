@@ -19,8 +19,8 @@ from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, Unex
 from lark.indenter import PythonIndenter
 
 from . import nodes
-from .models import cache
 from .errors import LmqlError, LmqlSyntaxError
+from .models import cache
 
 # LMQL 0.7's decoders; a first line naming one of them (bare or called, alone or followed by a
 # string) is the decoder clause. Any other first line is Python or a prompt.
