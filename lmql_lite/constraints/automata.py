@@ -220,6 +220,18 @@ def utf8() -> Dfa:
     return Dfa(t, accepting)
 
 
+def ends_mid_character(data: bytes | bytearray) -> bool:
+    """Does `data` end inside a UTF-8 character?"""
+    for back in range(1, min(4, len(data)) + 1):
+        b = data[-back]
+        if b < 0x80:
+            return False
+        if b >= 0xC0:  # a lead byte: complete if the bytes after it are all its continuation bytes
+            need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
+            return back < need
+    return False
+
+
 def choices(options: Iterable[bytes]) -> Dfa:
     """Exactly the given texts (a trie over their bytes)."""
     edges: dict[tuple[int, int], int] = {}  # (state, byte) -> next state

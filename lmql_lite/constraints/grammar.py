@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import ConstraintError
 from ..index import TokenIndex
+from . import automata
 from .automata import Dfa
 from .regex import regex_dfa
 
@@ -285,7 +286,7 @@ class GrammarGuide:
         if self._finished or self._prefix:
             return b""
         out = bytes(self._matcher.compute_ff_bytes())
-        while out and _mid_character(out):
+        while out and automata.ends_mid_character(out):
             out = out[:-1]
         if self.budget != math.inf and len(out) > self.budget - self.tokens_used - 1:
             return b""
@@ -301,12 +302,3 @@ class GrammarGuide:
             raise ConstraintError(f"{self.var} = {text!r} does not satisfy {self.term}")
         return text
 
-
-def _mid_character(data: bytes) -> bool:
-    for back in range(1, min(4, len(data)) + 1):
-        b = data[-back]
-        if b < 0x80:
-            return False
-        if b >= 0xC0:
-            return back < (2 if b < 0xE0 else 3 if b < 0xF0 else 4)
-    return False

@@ -171,7 +171,7 @@ class Guide:
 
     def forced(self) -> bytes:
         """The text every continuation must start with (b"" when there is a choice); whole UTF-8 characters only."""
-        if self._finished or self._prefix or _ends_mid_character(self._text):
+        if self._finished or self._prefix or automata.ends_mid_character(self._text):
             return b""
         a = self.automaton
         armed = self.plan.counts.allows(self.tokens_used + 1)
@@ -184,7 +184,7 @@ class Guide:
             s = int(a.table[s, following[0]])
             if armed and a.stops[s]:
                 break
-        while _ends_mid_character(out):
+        while automata.ends_mid_character(out):
             out.pop()
         hi = self.plan.counts.hi
         if out and hi != math.inf:
@@ -347,18 +347,6 @@ def _walk(a, state: int, data) -> int:
     for b in data:
         state = int(a.table[state, b])
     return state
-
-
-def _ends_mid_character(data) -> bool:
-    """Does `data` end inside a UTF-8 character?"""
-    for back in range(1, min(4, len(data)) + 1):
-        b = data[-back]
-        if b < 0x80:
-            return False
-        if b >= 0xC0:  # a lead byte: complete if the bytes after it are all its continuation bytes
-            need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
-            return back < need
-    return False
 
 
 def _holds(term: Any, var: str, value: Any, text: str, tokens: int) -> bool:
