@@ -6,29 +6,50 @@ import contextvars
 import functools
 import inspect
 import os
+import difflib
 import re
 import textwrap
+import types
 from typing import Any, Callable, Iterable, Iterator
 
 from . import checker, compiler, parser
 from .decoders import DecoderOptions
 from .errors import LmqlError, QueryArgumentError
 from .index import TokenIndex
-from .interpreter import Result, check_inputs, run_program
+from .interpreter import Result as _Result, check_inputs, run_program
+from .llm import LLM, ScoringResult
 
-_models: dict[str, Any] = {}
 _indexes: dict[int, tuple[Any, TokenIndex]] = {}
 _programs: dict[tuple[str, str], compiler.Program] = {}
 _current_model: contextvars.ContextVar = contextvars.ContextVar("lmql_lite_model", default=None)
+_default_model: list[Any] = [None]
+
+# Keywords a run takes besides the query's inputs: the decoder and its options (as LMQL names them).
+DECODER_KEYWORDS = frozenset({"decoder", "n", "temperature", "top_k", "top_p", "seed", "max_len", "max_tokens",
+                              "healing"})
+# LMQL keywords about its API batching and console output: accepted, and mean nothing here.
+IGNORED_KEYWORDS = frozenset({"chunksize", "openai_chunksize", "output_writer", "verbose", "cache"})
+_SAMPLING = ("temperature", "top_k", "top_p")
+_SHARED = ("max_len", "max_tokens", "healing", "seed")
 
 
-def model(name: str | None = None):
-    """Load a model once per process: a local directory, a hub id in the local cache, or None for the embedded default."""
-    key = name or ""
-    if key not in _models:
-        from .models.transformers import load_model
-        _models[key] = load_model(name)
-    return _models[key]
+def model(name: str | None = None, **options: Any) -> LLM:
+    """A model handle (loaded on first use, once per process): a local directory, a hub id in the
+    local cache, `local:NAME`, `random` (with `seed=`), or None for the embedded default."""
+    return LLM(name, **options)
+
+
+def set_default_model(m: Any) -> None:
+    """The model of every query that names none (LMQL's `lmql.set_default_model`); None restores the default."""
+    _default_model[0] = m
+
+
+def get_default_model() -> Any:
+    return _default_model[0]
+
+
+def _loaded(m: Any):
+    return m.load() if isinstance(m, LLM) else m
 
 
 def _index(m) -> TokenIndex:
@@ -43,7 +64,7 @@ def _index(m) -> TokenIndex:
 
 
 def load(source_or_path: str, filename: str | None = None) -> compiler.Program:
-    """Parse and compile a query (text or a path to a .lmq file); compiled queries are cached."""
+    """Parse and compile a query (text, or a path to a .lmq/.lmql file); compiled queries are cached."""
     source, filename = _read(source_or_path, filename)
     key = (filename, source)
     program = _programs.get(key)
@@ -54,23 +75,41 @@ def load(source_or_path: str, filename: str | None = None) -> compiler.Program:
     return program
 
 
+QUERY_SUFFIXES = (".lmq", ".lmql")
+
+
 def _read(source_or_path: str, filename: str | None) -> tuple[str, str]:
     if not isinstance(source_or_path, str):
         raise QueryArgumentError(f"a query is text or a path to a .lmq file, got {type(source_or_path).__name__}")
-    looks_like_path = "\n" not in source_or_path and source_or_path.endswith(".lmq")
+    looks_like_path = "\n" not in source_or_path and source_or_path.strip().endswith(QUERY_SUFFIXES)
     if looks_like_path:
+        path = source_or_path.strip()
         try:
-            with open(source_or_path, encoding="utf-8") as f:
-                return f.read(), filename or source_or_path
+            with open(path, encoding="utf-8") as f:
+                return f.read(), filename or path
         except FileNotFoundError:
-            raise QueryArgumentError(f"no such query file: {source_or_path}") from None
+            raise QueryArgumentError(f"no such query file: {path}") from None
         except (OSError, UnicodeDecodeError) as e:
-            raise QueryArgumentError(f"cannot read {source_or_path}: {e}") from None
-    return source_or_path, filename or "<query>"
+            raise QueryArgumentError(f"cannot read {path}: {e}") from None
+    return query_text(source_or_path), filename or "<query>"
+
+
+def query_text(text: str) -> str:
+    """A query written inside Python as LMQL's docs write it: an optional first line `lmql`, indented as a whole."""
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is not None and lines[first].strip() == "lmql":
+        lines = lines[first + 1:]
+    out = textwrap.dedent("\n".join(lines))
+    return out if out.endswith("\n") else out + "\n"
 
 
 def decoder_options(program: compiler.Program, inputs: dict[str, Any], **overrides: Any) -> DecoderOptions:
-    """The decoder clause's options, evaluated with the query's inputs, then `overrides` (None ones ignored)."""
+    """The decoder clause's options, evaluated with the query's inputs, then `overrides` (None ones ignored).
+
+    `name=` (or `decoder=`) overrides the decoder; sampling options given with no decoder named
+    anywhere select `sample`. An option the chosen decoder does not take is an error.
+    """
     decoder = program.query.decoder
     fields: dict[str, Any] = {}
     if decoder is not None:
@@ -85,18 +124,41 @@ def decoder_options(program: compiler.Program, inputs: dict[str, Any], **overrid
             if key in ("chunksize", "openai_chunksize"):
                 continue  # LMQL's API-batching options mean nothing for a local model
             fields[key] = _evaluate(program, expr, inputs)
-    fields.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None and k not in IGNORED_KEYWORDS}
+    if "decoder" in given:
+        given["name"] = given.pop("decoder")
+    if "name" in given:
+        given["name"] = _decoder_name(given["name"], program)
+    elif decoder is None and (any(k in given for k in _SAMPLING) or given.get("n", 1) > 1):
+        given["name"] = "sample"
+    name = given.get("name", fields.get("name", "argmax"))
+    for key in given:
+        if key in ("name", "seed") or (key == "n" and given[key] == 1):
+            continue
+        if key not in compiler.DECODERS[name] | compiler.SHARED_OPTIONS:
+            hint = " (pass decoder='sample')" if key in _SAMPLING or key == "n" else ""
+            raise QueryArgumentError(f"decoder {name} takes no option {key}{hint}", file=program.filename)
+    fields.update(given)
     try:
         return DecoderOptions(**fields)
     except TypeError as e:
         raise QueryArgumentError(f"bad decoder options: {e}", file=program.filename) from None
 
 
+def _decoder_name(name: Any, program: compiler.Program) -> str:
+    known = list(compiler.DECODERS) + list(compiler.DECODER_ALIASES)
+    if not isinstance(name, str) or name not in known:
+        hint = difflib.get_close_matches(str(name), known, 1)
+        raise QueryArgumentError(f"unknown decoder {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else
+                                 f" (known: {', '.join(compiler.DECODERS)})"), file=program.filename)
+    return compiler.DECODER_ALIASES.get(name, name)
+
+
 def _evaluate(program: compiler.Program, expr, inputs: dict[str, Any]) -> Any:
     import builtins
     try:
         return eval(compile(compiler.as_expression(program.query, expr), program.filename, "eval"),
-                    {"__builtins__": builtins}, dict(inputs))
+                    {"__builtins__": builtins, **_namespace()}, dict(inputs))
     except LmqlError:
         raise
     except Exception as e:
@@ -106,51 +168,177 @@ def _evaluate(program: compiler.Program, expr, inputs: dict[str, Any]) -> Any:
 
 
 def resolve_model(program: compiler.Program, inputs: dict[str, Any], model_arg: Any = None):
-    """The model a run uses: `model=` / --model, then the query's `from`, then LMQL_LITE_MODEL, then the default."""
+    """The model a run uses: `model=` / --model, then the query's `from`, then the model of the
+    enclosing query, `set_default_model`, LMQL_LITE_MODEL, and last the embedded default."""
     if model_arg is not None and not isinstance(model_arg, str):
-        return model_arg
+        return _loaded(model_arg)
     name = model_arg
     if name is None and program.query.model is not None:
         name = _evaluate(program, program.query.model, inputs)
+        if name is not None and not isinstance(name, str):
+            return _loaded(name)
     if name is None:
         current = _current_model.get()
         if current is not None:
             return current
+        if _default_model[0] is not None:
+            return _loaded(model(_default_model[0]) if isinstance(_default_model[0], str) else _default_model[0])
         name = os.environ.get("LMQL_LITE_MODEL") or None
-    return model(name)
+    return _loaded(model(name))
 
 
-def _starts(program: compiler.Program, rows: list[dict[str, Any]]):
-    namespace = _namespace()
+def _starts(program: compiler.Program, rows: list[dict[str, Any]], scope: dict[str, Any] | None = None):
+    namespace = {**_namespace(), **(scope or {})}
     starts = []
     for inputs in rows:
-        check_inputs(program, inputs)
+        check_inputs(program, {**namespace, **inputs})
         fn = program.function(tuple(sorted(inputs)), namespace)
         starts.append((functools.partial(fn, **inputs), program))
     return starts
 
 
 def _namespace() -> dict[str, Any]:
+    """Names every query sees: the package under both spellings, and LMQL's `context`."""
     import lmql_lite
-    return {"lmql": lmql_lite, "lmql_lite": lmql_lite}
+    from . import runtime
+    return {"lmql": lmql_lite, "lmql_lite": lmql_lite, "context": runtime.context}
 
 
-def run(source_or_path: str, *, model: Any = None, decoder: str | None = None, seed: int | None = None,
+class Result(_Result):
+    """A query's result, with LMQL's `LMQLResult` names too; `await` on it gives what LMQL's
+    `await lmql.run(...)` gives: the query's return value, or the result itself when there is none."""
+
+    distribution_variable: str | None = None
+
+    @property
+    def distribution_values(self) -> list[Any] | None:
+        return None if self.distribution is None else list(self.distribution)
+
+    def __await__(self):
+        return _now(_outcome(self))
+
+
+class Results(list):
+    """Several results (sampling, beam search); awaitable like a single `Result`."""
+
+    def __await__(self):
+        return _now(_outcome(self))
+
+
+def _now(value: Any):
+    yield from ()
+    return value
+
+
+def _outcome(result: Any) -> Any:
+    """What LMQL returns for a run: the return value where there is one, else the result."""
+    if isinstance(result, list):
+        return [_outcome(r) for r in result]
+    return result.value if result.value is not None else result
+
+
+def _lmql_result(result: _Result, program: compiler.Program) -> Result:
+    out = Result(**{f: getattr(result, f) for f in result.__dataclass_fields__})
+    d = program.query.distribution
+    if d is not None and result.distribution is not None:
+        out.distribution_variable = d.var
+        out.variables = {**result.variables, f"P({d.var})": list(result.distribution.items())}
+    return out
+
+
+def _bind(program: compiler.Program, args: tuple, kwargs: dict[str, Any], what: str,
+          inputs: Iterable[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(query inputs, decoder options) from a call's arguments: positional ones fill the query's
+    inputs in the order they first appear; a keyword is an input if the query reads it, else a
+    decoder option, else an error with a suggestion."""
+    names = list(inputs) if inputs is not None else input_order(program)
+    if len(args) > len(names):
+        raise QueryArgumentError(f"{what} takes {len(names)} positional argument{'s' if len(names) != 1 else ''} "
+                                 f"({', '.join(names) or 'the query reads no inputs'}), got {len(args)}",
+                                 file=program.filename)
+    bound = dict(zip(names, args))
+    options: dict[str, Any] = {}
+    readable = set(names) | set(program.inputs)
+    for key, value in kwargs.items():
+        if key in bound:
+            raise QueryArgumentError(f"{what} got two values for {key}", file=program.filename)
+        if key in readable:
+            bound[key] = value
+        elif key in DECODER_KEYWORDS or key in IGNORED_KEYWORDS:
+            options[key] = value
+        else:
+            known = sorted(readable | DECODER_KEYWORDS)
+            hint = difflib.get_close_matches(key, known, 1)
+            raise QueryArgumentError(
+                f"{what}: unknown argument {key}: the query reads no {key} and it is no decoder option"
+                + (f"; did you mean {hint[0]}?" if hint else
+                   f" (inputs: {', '.join(sorted(readable)) or 'none'}; options: {', '.join(sorted(DECODER_KEYWORDS))})"),
+                file=program.filename)
+    return bound, options
+
+
+def input_order(program: compiler.Program) -> list[str]:
+    """The query's inputs in the order they first appear in its text."""
+    wanted = set(program.inputs)
+    seen: dict[str, tuple[int, int]] = {}
+    for node in ast.walk(program.module):
+        if isinstance(node, ast.Name) and node.id in wanted and hasattr(node, "lineno"):
+            at = (node.lineno, node.col_offset)
+            seen[node.id] = min(seen.get(node.id, at), at)
+    return sorted(seen, key=seen.get)
+
+
+def run(source_or_path: str, *args: Any, model: Any = None, decoder: str | None = None, seed: int | None = None,
         on_text: Callable[[int, str, str], None] | None = None, trace: bool = False,
-        **inputs: Any) -> Result | list[Result]:
-    """Run a query (text or .lmq path) with `inputs`; one Result, or a list for sample(n>1)/beam."""
+        **kwargs: Any) -> Result | Results:
+    """Run a query (text or a .lmq/.lmql path): one Result, or a list for sample(n>1)/beam.
+
+    Positional arguments fill the query's inputs in the order they appear; keywords are inputs
+    when the query reads them, else decoder options (`temperature=`, `n=`, `max_len=`, ...).
+    `await lmql_lite.run(...)` gives LMQL's answer instead: the return value where there is one.
+    """
     program = load(source_or_path)
-    return run_compiled(program, inputs, model=model, decoder=decoder, seed=seed, on_text=on_text, trace=trace)
+    inputs, options = _bind(program, args, kwargs, "run")
+    return _run(program, inputs, options, model=model, decoder=decoder, seed=seed, on_text=on_text, trace=trace)
+
+
+def run_sync(source_or_path: str, *args: Any, **kwargs: Any) -> Any:
+    """LMQL's `run_sync`: run a query and give its return value, or its result(s) when it has none."""
+    return _outcome(run(source_or_path, *args, **kwargs))
+
+
+def run_file(path: str, *args: Any, model: Any = None, **kwargs: Any) -> Result | Results:
+    """Run the query in the file at `path` (any name); like `run`, and awaitable like it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+    except OSError as e:
+        raise QueryArgumentError(f"cannot read {path}: {e.strerror or e}") from None
+    program = load(source, filename=str(path))
+    inputs, options = _bind(program, args, kwargs, "run_file")
+    return _run(program, inputs, options, model=model)
+
+
+def _run(program, inputs, options, *, model=None, decoder=None, seed=None, on_text=None, trace=False,
+         scope=None) -> Result | Results:
+    model = options.pop("model", model)
+    results = run_compiled(program, inputs, model=model, decoder=options.pop("decoder", decoder),
+                           seed=options.pop("seed", seed), on_text=on_text, trace=trace, scope=scope, **options)
+    if isinstance(results, list):
+        return Results(_lmql_result(r, program) for r in results)
+    return _lmql_result(results, program)
 
 
 def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: Any = None,
-                 decoder: str | None = None, seed: int | None = None, on_text=None, trace: bool = False):
-    options = decoder_options(program, inputs, name=decoder, seed=seed)
-    m = resolve_model(program, inputs, model)
+                 decoder: str | None = None, seed: int | None = None, on_text=None, trace: bool = False,
+                 scope: dict[str, Any] | None = None, **options: Any):
+    env = {**(scope or {}), **inputs}  # what the decoder clause and `from` may read
+    options = decoder_options(program, env, name=decoder, seed=seed, **options)
+    m = resolve_model(program, env, model)
     rows = [inputs] * (options.n if options.name == "sample" else 1)
     token = _current_model.set(m)
     try:
-        results = run_program(program, m, _index(m), options, _starts(program, rows), on_text=on_text,
+        results = run_program(program, m, _index(m), options, _starts(program, rows, scope), on_text=on_text,
                               record_tokens=trace)
     finally:
         _current_model.reset(token)
@@ -158,7 +346,7 @@ def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: An
 
 
 def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_size: int = 8, model: Any = None,
-              seed: int | None = None, filename: str | None = None) -> Iterator[tuple[int, Result | list[Result]]]:
+              seed: int | None = None, filename: str | None = None) -> Iterator[tuple[int, _Result | list[_Result]]]:
     """Run one query over many inputs, `batch_size` at a time in batched forward passes.
 
     Yields (input index, result) as each batch finishes, so a caller can save results as they come.
@@ -186,46 +374,77 @@ def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_si
             yield start + i, result
 
 
+# Keywords `@lmql.query(...)` takes besides decoder options.
+QUERY_KEYWORDS = frozenset({"model", "is_async", "input_variables"})
+
+
 class QueryFunction:
-    """A Python function whose docstring is a query; its parameters are the query's inputs."""
+    """A query with a Python signature: a function whose docstring is the query, or query text.
 
-    def __init__(self, fn: Callable, model: Any = None):
-        functools.update_wrapper(self, fn)
-        self.signature = inspect.signature(fn)
-        doc = _raw_docstring(fn) or inspect.getdoc(fn)
-        if not doc:
-            raise QueryArgumentError(f"@lmql_lite.query: {fn.__name__} needs a docstring holding the query")
-        lines = inspect.cleandoc(doc).splitlines()
-        if lines and lines[0].strip() == "lmql":
-            lines = lines[1:]
-        self.source = "\n".join(lines) + "\n"
-        self.model = model
-        self.__lmql_program__ = load(self.source, filename=f"<query {fn.__name__}>")
+    Its parameters are inputs; the other names the query reads come from where it was defined
+    (module constants, sibling query functions, the enclosing function's locals). Called, it gives
+    the query's return value when it has one, else its Result (a list for several results); an
+    `async def` query function (or a query string, as in LMQL) gives a coroutine of the same.
+    """
 
-    def _inputs(self, args, kwargs) -> dict[str, Any]:
+    def __init__(self, source: str, name: str, signature: inspect.Signature, *, is_async: bool = False,
+                 scope: Callable[[], dict[str, Any]] | None = None, options: dict[str, Any] | None = None,
+                 parameters_only: bool = False):
+        self.__name__ = name
+        self.source = source
+        self.signature = signature
+        self.is_async = is_async
+        self.options = dict(options or {})
+        self._scope = scope or dict
+        self._parameters_only = parameters_only
+        self.__lmql_program__ = load(source, filename=f"<query {name}>")
+
+    def __get__(self, obj, objtype=None):
+        """As a method, `self` is the first input."""
+        return self if obj is None else types.MethodType(self, obj)
+
+    def _arguments(self, args, kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
+        program = self.__lmql_program__
+        params = self.signature.parameters
+        if not params and not self._parameters_only:
+            return _bind(program, args, kwargs, self.__name__)
+        own = {k: v for k, v in kwargs.items() if k in params}
+        rest = {k: v for k, v in kwargs.items() if k not in params}
         try:
-            bound = self.signature.bind(*args, **kwargs)
+            bound = self.signature.bind(*args, **own)
         except TypeError as e:
             raise QueryArgumentError(f"{self.__name__}: {e}") from None
         bound.apply_defaults()
-        return dict(bound.arguments)
+        inputs = dict(bound.arguments)
+        extra, options = _bind(program, (), rest, self.__name__, inputs=list(params))
+        return {**inputs, **extra}, options
 
     def __lmql_start__(self, *args, **kwargs):
         """A generator running this query inline (a nested query), and its program."""
         program = self.__lmql_program__
-        inputs = self._inputs(args, kwargs)
-        ((start, _),) = _starts(program, [inputs])
+        inputs, _ = self._arguments(args, kwargs)
+        ((start, _),) = _starts(program, [inputs], self._scope())
         return start(), program
 
-    def run(self, *args, **kwargs) -> Result | list[Result]:
-        return run_compiled(self.__lmql_program__, self._inputs(args, kwargs), model=self.model)
+    def run(self, *args, **kwargs) -> Result | Results:
+        """The query's Result(s), whatever it returns."""
+        inputs, options = self._arguments(args, kwargs)
+        base = self.options
+        if options.get("decoder") is not None:
+            # A decoder named at the call replaces the decorator's, with the options that were its own.
+            base = {k: v for k, v in base.items() if k not in DECODER_KEYWORDS or k in _SHARED}
+        return _run(self.__lmql_program__, inputs, {**base, **options}, scope=self._scope())
 
     def __call__(self, *args, **kwargs):
-        """The query's return value when it has one, else its Result (a list for several results)."""
-        result = self.run(*args, **kwargs)
-        if isinstance(result, list):
-            return [r.value if r.value is not None else r for r in result]
-        return result.value if result.value is not None else result
+        if self.is_async:
+            return self._acall(*args, **kwargs)
+        return _outcome(self.run(*args, **kwargs))
+
+    async def _acall(self, *args, **kwargs):
+        return _outcome(self.run(*args, **kwargs))
+
+    def __repr__(self) -> str:
+        return f"<lmql_lite query {self.__name__}{self.signature}>"
 
 
 _STRING_LITERAL = re.compile(r"""[rRuU]?('''|\"\"\"|'|")(.*)\1""", re.S)
@@ -248,22 +467,114 @@ def _raw_docstring(fn: Callable) -> str | None:
     return match.group(2) if match else None
 
 
-def query(fn: Callable | None = None, *, model: Any = None):
-    """Decorator: `@lmql_lite.query` (or `@lmql.query`) on a function whose docstring is the query."""
+def _defining_scope(fn: Callable | None, frame) -> Callable[[], dict[str, Any]]:
+    """The names visible where a query was defined, read when it runs (so later definitions count)."""
+    def scope() -> dict[str, Any]:
+        names = dict(fn.__globals__) if fn is not None else {}
+        if frame is not None:
+            if fn is None:
+                names.update(frame.f_globals)
+            if frame.f_locals is not frame.f_globals:
+                names.update(frame.f_locals)
+        return names
+    return scope
+
+
+def _query_options(options: dict[str, Any], what: str) -> dict[str, Any]:
+    for key in options:
+        if key not in DECODER_KEYWORDS | IGNORED_KEYWORDS | QUERY_KEYWORDS:
+            known = sorted(DECODER_KEYWORDS | QUERY_KEYWORDS)
+            hint = difflib.get_close_matches(key, known, 1)
+            raise QueryArgumentError(f"{what}: unknown keyword {key}" + (f"; did you mean {hint[0]}?" if hint
+                                     else f" (known: {', '.join(known)})"))
+    return {k: v for k, v in options.items() if k not in ("is_async", "input_variables")}
+
+
+def query(fn: Callable | str | None = None, *, is_async: bool | None = None, input_variables=None, **options: Any):
+    """`@lmql_lite.query` (or `@lmql.query(decoder="sample", temperature=0.8, model=...)`) on a function
+    whose docstring is the query; `lmql.query("query text", input_variables=[...])` for query text.
+
+    A query string gives an async query function unless `is_async=False`, as in LMQL.
+    """
+    frame = inspect.currentframe().f_back
+    _query_options(options, "query")
     if fn is None:
-        return lambda f: QueryFunction(f, model=model)
-    return QueryFunction(fn, model=model)
+        def decorate(f: Callable) -> QueryFunction:
+            return _query_function(f, inspect.currentframe().f_back, options)
+        return decorate
+    if isinstance(fn, str):
+        if input_variables is not None:
+            signature = inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                                           for n in input_variables])
+        else:
+            signature = inspect.Signature()
+        return QueryFunction(query_text(fn), "query", signature, is_async=True if is_async is None else is_async,
+                             scope=_defining_scope(None, frame), options=options)
+    if input_variables is not None:
+        raise QueryArgumentError("query: input_variables is for query text; a function's parameters are its inputs")
+    return _query_function(fn, frame, options)
 
 
-def F(template: str, constraints: str | None = None, *, model: Any = None) -> Callable[..., Any]:
-    """A one-hole function: F("Summarize: {text}\\nSummary:[S]", "len(TOKENS(S)) < 30")(text=...) → S's value."""
+def _query_function(fn: Callable, frame, options: dict[str, Any]) -> QueryFunction:
+    if isinstance(fn, QueryFunction):
+        return fn
+    doc = _raw_docstring(fn) or inspect.getdoc(fn)
+    if not doc:
+        raise QueryArgumentError(f"@lmql_lite.query: {fn.__name__} needs a docstring holding the query")
+    qf = QueryFunction(query_text(inspect.cleandoc(doc)), fn.__name__, inspect.signature(fn),
+                       is_async=inspect.iscoroutinefunction(fn), scope=_defining_scope(fn, frame),
+                       options=options, parameters_only=True)
+    functools.update_wrapper(qf, fn)
+    return qf
+
+
+def F(template: str, constraints: str | None = None, *, model: Any = None, is_async: bool = False,
+      **options: Any) -> Callable[..., Any]:
+    """A one-hole function: F("Summarize: {text}\\nSummary:[S]", "len(TOKENS(S)) < 30")(text) → S's value."""
+    _query_options(options, "F")
     source = repr(template) + (f" where {constraints}" if constraints else "") + "\n"
     program = load(source, filename="<F>")
     if len(program.holes) != 1:
         raise QueryArgumentError(f"F(...) needs a template with exactly one hole, found {len(program.holes)}")
     hole = program.holes[0]
 
-    def call(**inputs: Any) -> Any:
-        return run_compiled(program, inputs, model=model).variables[hole]
-    call.__doc__ = f"Fills [{hole}] in {template!r}."
-    return call
+    def call(*args: Any, **kwargs: Any) -> Any:
+        inputs, given = _bind(program, args, kwargs, "F")
+        result = _run(program, inputs, {**options, **given}, model=model)
+        return [r.variables[hole] for r in result] if isinstance(result, list) else result.variables[hole]
+
+    async def acall(*args: Any, **kwargs: Any) -> Any:
+        return call(*args, **kwargs)
+    out = acall if is_async else call
+    out.__doc__ = f"Fills [{hole}] in {template!r}."
+    return out
+
+
+def generate_sync(prompt: str, max_tokens: int | None = None, model: Any = None, **options: Any):
+    """LMQL's `lmql.generate_sync`: the model's continuation of `prompt` (the default model unless named)."""
+    return _handle(model).generate_sync(prompt, max_tokens, **options)
+
+
+async def generate(prompt: str, max_tokens: int | None = None, model: Any = None, **options: Any):
+    return generate_sync(prompt, max_tokens, model, **options)
+
+
+def score_sync(prompt: str, values, model: Any = None, **options: Any) -> ScoringResult:
+    """LMQL's `lmql.score_sync`: each value's log-probability as a continuation of `prompt`."""
+    return _handle(model).score_sync(prompt, values, **options)
+
+
+async def score(prompt: str, values, model: Any = None, **options: Any) -> ScoringResult:
+    return score_sync(prompt, values, model, **options)
+
+
+def _handle(m: Any) -> LLM:
+    """A model handle for `m`: a name, a handle, a loaded model, or None for the default model."""
+    m = m if m is not None else _default_model[0]
+    if isinstance(m, LLM):
+        return m
+    if m is None or isinstance(m, str):
+        return model(m)
+    handle = LLM(getattr(m, "name", None))
+    handle.load = lambda: m
+    return handle

@@ -151,6 +151,7 @@ class Branch:
     def _resume(self) -> None:
         value, self._resume_value = self._resume_value, None
         frame = self.frames[-1]
+        running = runtime.running(self.prompt)  # what `context.prompt` reads
         try:
             event = next(frame.gen) if value is _START else frame.gen.send(value)
         except StopIteration as stop:
@@ -160,6 +161,8 @@ class Branch:
             raise
         except Exception as e:
             raise self._runtime_error(e) from e
+        finally:
+            runtime.reset(running)
         if len(self.frames) == 1:
             self.sent.append(value)
         if isinstance(event, runtime.Text):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -69,3 +70,33 @@ def await_(value: Any) -> Any:
 
 async def _wrap(awaitable: Any) -> Any:
     return await awaitable
+
+
+_prompt: contextvars.ContextVar = contextvars.ContextVar("lmql_lite_prompt", default=None)
+
+
+class QueryContext:
+    """LMQL's `context` object: what a running query can ask about itself (`context.prompt`)."""
+
+    @property
+    def prompt(self) -> str:
+        """The prompt so far, hole values included."""
+        pieces = _prompt.get()
+        if pieces is None:
+            raise RuntimeError("context.prompt is only available while a query runs")
+        return "".join(pieces)
+
+    def __repr__(self) -> str:
+        return "<lmql_lite query context>"
+
+
+context = QueryContext()
+
+
+def running(pieces: list[str]):
+    """Set the prompt `context.prompt` reads while a query's code runs; returns the token to `reset` it."""
+    return _prompt.set(pieces)
+
+
+def reset(token) -> None:
+    _prompt.reset(token)

@@ -1,0 +1,59 @@
+"""Model names → loaders: the default model, local folders and hub ids, LMQL's spellings (`local:`, `random`), and clear errors for remote models."""
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from ..errors import ModelError
+
+# LMQL's shorthands for OpenAI models.
+OPENAI_ALIASES = {"chatgpt": "openai/gpt-3.5-turbo", "gpt-4": "openai/gpt-4"}
+# Spellings of the embedded default model after `local:`.
+DEFAULT_NAMES = ("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "default")
+# LMQL options about where and how a local model runs: they change nothing on this CPU backend.
+PLACEMENT_OPTIONS = frozenset({"silent", "verbose", "inprocess", "cuda", "device_map", "trust_remote_code",
+                               "dtype", "torch_dtype", "async_transport"})
+RANDOM_OPTIONS = frozenset({"seed", "tokenizer", "vocab"})
+
+
+def load(name: str | None = None, **options: Any):
+    """The model `name` stands for, loaded; `options` are LMQL's `lmql.model(name, ...)` keywords."""
+    if name is not None and not isinstance(name, str):
+        raise ModelError(f"a model is named by a string, got {type(name).__name__}")
+    remote = _remote(name)
+    if remote:
+        raise ModelError(remote)
+    if name == "random":
+        _check_options(name, options, RANDOM_OPTIONS | PLACEMENT_OPTIONS)
+        from .random import RandomModel
+        return RandomModel(seed=options.get("seed"), tokenizer=options.get("tokenizer") or options.get("vocab"))
+    _check_options(name, options, PLACEMENT_OPTIONS)
+    if name is not None and name.startswith("local:"):
+        name = name[len("local:"):]
+        if name in DEFAULT_NAMES:
+            name = None
+    from .transformers import load_model
+    return load_model(name)
+
+
+def _remote(name: str | None) -> str | None:
+    """Why `name` cannot run here (a remote API model), or None."""
+    if name is None:
+        return None
+    full = OPENAI_ALIASES.get(name, name)
+    for prefix, what in (("openai/", "an OpenAI API model"), ("azure/", "an Azure OpenAI model"),
+                         ("replicate:", "a Replicate model"), ("llama.cpp:", "a llama.cpp model")):
+        if full.startswith(prefix):
+            return (f"model {name!r} is {what}: remote and llama.cpp models are not supported yet "
+                    f"(a serving-engine backend for OpenAI-compatible servers such as vLLM, SGLang "
+                    f"and llama.cpp's server is planned). Use a local model: a folder, a hub id in "
+                    f"your cache, 'local:NAME', 'random', or no model for the embedded default")
+    return None
+
+
+def _check_options(name: str | None, options: dict[str, Any], known: frozenset[str]) -> None:
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, 1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(known))}"
+            raise ModelError(f"model {name or 'default'!r}: unknown option {key!r}{hint}")

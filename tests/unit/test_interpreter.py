@@ -16,7 +16,9 @@ def fake():
 
 
 def run(source, model, **inputs):
-    return lmql_lite.run(source, model=model, **inputs)
+    # A keyword the query does not read is an error, so pass only the inputs each query uses.
+    reads = api.load(source).inputs
+    return lmql_lite.run(source, model=model, **{k: v for k, v in inputs.items() if k in reads})
 
 
 def greedy_choice(model, prompt_ids, options):

@@ -1,0 +1,95 @@
+"""LMQL's `random` model: random logits over a real tokenizer's vocabulary, a pure function of the seed and the tokens so far."""
+from __future__ import annotations
+
+import zlib
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ModelError
+from ..index import Vocabulary
+
+
+class RandomModel:
+    """Logits drawn from a generator seeded by (seed, the row's tokens): reproducible, content-free text.
+
+    As in LMQL, it exercises queries without a real model: every run with the same seed, query
+    and inputs writes the same text. The vocabulary is the default model's tokenizer (LMQL's
+    uses GPT-2's, which is not available offline), or `tokenizer=` a local folder or cached hub id.
+    """
+
+    def __init__(self, seed: int | None = None, tokenizer: str | None = None):
+        from . import transformers as backend
+        self.seed = int(seed or 0)
+        self.name = f"random(seed={self.seed})"
+        if tokenizer is None:
+            self.tokenizer = backend.default_tokenizer()
+        else:
+            try:
+                with backend._quiet():
+                    self.tokenizer = backend.AutoTokenizer.from_pretrained(tokenizer)
+            except (OSError, ValueError) as e:
+                raise ModelError(f"model 'random': tokenizer {tokenizer!r} not found: {e}") from None
+        self.vocabulary: Vocabulary = backend.vocabulary_from_tokenizer(self.tokenizer)
+        self.bos_ids: list[int] = []
+
+    def logits_for(self, tokens: Sequence[int]) -> np.ndarray:
+        """The model: standard-normal logits seeded by the seed and a checksum of `tokens`."""
+        digest = zlib.crc32(np.asarray(tokens, dtype=np.int64).tobytes())
+        rng = np.random.default_rng([self.seed, len(tokens), digest])
+        return rng.standard_normal(len(self.vocabulary), dtype=np.float32)
+
+    def encode(self, text: str, special: bool = False) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=not special)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return b"".join(self.vocabulary.tokens[i] for i in ids).decode("utf-8", errors="replace")
+
+    def role_markers(self, role: str) -> tuple[str, str]:
+        from .transformers import PLAIN_ROLE_MARKERS
+        if role not in PLAIN_ROLE_MARKERS:
+            raise ModelError(f"unknown chat role {role!r}: use system, user or assistant")
+        return PLAIN_ROLE_MARKERS[role]
+
+    def chat_preamble(self, first_role: str) -> str:
+        return ""
+
+    def batch(self, rows: int = 1) -> "RandomBatch":
+        return RandomBatch(self, rows)
+
+
+class RandomBatch:
+    """Rows of token lists; each step draws every row's logits afresh from its tokens."""
+
+    def __init__(self, model: RandomModel, rows: int):
+        self.model = model
+        self._rows: list[list[int]] = [[] for _ in range(rows)]
+        self.forward_passes = 0
+        self.tokens_fed = 0
+
+    def step(self, feeds: Sequence[Sequence[int]], all_logits: bool = False, only=None):
+        if len(feeds) != len(self._rows):
+            raise ValueError("one feed per row")
+        self.forward_passes += 1
+        out = []
+        for row, feed in zip(self._rows, feeds):
+            start = len(row)
+            row.extend(feed)
+            self.tokens_fed += len(feed)
+            if all_logits:
+                width = len(self.model.vocabulary)
+                out.append(torch.from_numpy(np.stack([self.model.logits_for(row[:k]) for k in range(start + 1, len(row) + 1)])
+                                            if feed else np.zeros((0, width), np.float32)))
+            else:
+                out.append(torch.from_numpy(self.model.logits_for(row)))
+        return out if all_logits else torch.stack(out)
+
+    def truncate(self, row: int, n: int) -> None:
+        del self._rows[row][n:]
+
+    def select(self, rows: Sequence[int]) -> None:
+        self._rows = [list(self._rows[r]) for r in rows]
+
+    def tokens(self, row: int) -> list[int]:
+        return list(self._rows[row])
