@@ -25,6 +25,7 @@ from ..errors import ConstraintError
 from ..index import TokenIndex
 from . import automata
 from .automata import Dfa
+from .base import Mask
 from .regex import regex_dfa
 
 
@@ -191,7 +192,6 @@ class GrammarGuide:
         self._never = np.array(sorted(index.vocabulary.special_ids - index.vocabulary.eos_ids), np.int64)
         self._text = bytearray()
         self.tokens_used = 0
-        self.allowed_count = 0
         self._finished = False
         self._prefix = b""
         self._mask = None  # the mask of the current state, once computed
@@ -206,10 +206,10 @@ class GrammarGuide:
     def heal(self, prefix: bytes) -> None:
         self._prefix, self._mask = bytes(prefix), None
 
-    def allowed(self) -> np.ndarray:
+    def allowed(self) -> Mask:
         n = len(self.index)
         if self._finished:
-            return np.zeros(n, bool)
+            return Mask.none(n)
         if self._mask is not None:
             return self._mask
         self._fill(self._matcher, self._bits, 0)
@@ -221,9 +221,8 @@ class GrammarGuide:
             mask = self._healed(mask)
         elif self.tokens_used + 1 >= self.budget:  # the last token must complete a sentence
             mask = self._closing(mask)
-        self.allowed_count = int(mask.sum())
-        self._mask = mask
-        if not self.allowed_count:
+        self._mask = mask = Mask(mask)
+        if not mask.count:
             raise ConstraintError(f"no token can continue {self.var} under {self.term} after {bytes(self._text)!r}"
                                   + (f" within {int(self.budget)} tokens" if self.budget != math.inf else ""))
         return mask
