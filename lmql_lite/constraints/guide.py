@@ -83,7 +83,6 @@ class AutomatonGuide:
 
     def __init__(self, plan: HolePlan, index: TokenIndex):
         self.plan, self.index = plan, index
-        self.automaton = plan.automaton
         self.state = 0
         self.tokens_used = 0
         self._text = bytearray()
@@ -95,6 +94,10 @@ class AutomatonGuide:
         # (state, tokens taken, clamped past the last boundary) -> Mask
         self._seen = index.cache(self.automaton).setdefault(("masks", plan.counts), {})
         self._spelt_dist, self._spelt_longest = self._spelling()
+
+    @property
+    def automaton(self):
+        return self.plan.automaton
 
     def copy(self) -> "AutomatonGuide":
         twin = copy.copy(self)
