@@ -13,11 +13,13 @@ import types
 from typing import Any, Callable, Iterable, Iterator
 
 from . import checker, compiler, parser
-from .decoders import DecoderOptions
+from . import options as options_table
 from .errors import LmqlError, QueryArgumentError
 from .index import TokenIndex
-from .interpreter import Result as _Result, check_inputs, run_program
+from .interpreter import run_program
 from .llm import LLM, ScoringResult
+from .options import IGNORED_OPTIONS, DecoderOptions
+from .result import Result as _Result
 
 _indexes: dict[int, tuple[Any, TokenIndex]] = {}
 _programs: dict[tuple[str, str], compiler.Program] = {}
@@ -57,7 +59,7 @@ def _index(m) -> TokenIndex:
     disk (in the model cache's `index` folder), so a new process loads it instead of building it."""
     entry = _indexes.get(id(m))
     if entry is None or entry[0] is not m:
-        from .models.cache import cache_root
+        from .cache import cache_root
         disk = cache_root() / "index" if len(m.vocabulary) >= 4096 else None
         entry = _indexes[id(m)] = (m, TokenIndex(m.vocabulary, cache_dir=disk))
     return entry[1]
@@ -116,13 +118,13 @@ def decoder_options(program: compiler.Program, inputs: dict[str, Any], **overrid
         problems = checker.check_decoder(program, decoder)  # the same rules as `lmql-lite check`
         if problems:
             raise problems[0]
-        fields["name"] = compiler.DECODER_ALIASES.get(decoder.name, decoder.name)
+        fields["name"] = decoder.name
         values = [_evaluate(program, e, inputs) for e in decoder.args]
         if values:
             fields["n"] = values[0]
         for key, expr in decoder.kwargs:
-            if key in ("chunksize", "openai_chunksize"):
-                continue  # LMQL's API-batching options mean nothing for a local model
+            if key in IGNORED_OPTIONS:
+                continue
             fields[key] = _evaluate(program, expr, inputs)
     given = {k: v for k, v in overrides.items() if v is not None and k not in IGNORED_KEYWORDS}
     if "decoder" in given:
@@ -131,11 +133,12 @@ def decoder_options(program: compiler.Program, inputs: dict[str, Any], **overrid
         given["name"] = _decoder_name(given["name"], program)
     elif decoder is None and (any(k in given for k in _SAMPLING) or given.get("n", 1) > 1):
         given["name"] = "sample"
-    name = given.get("name", fields.get("name", "argmax"))
+    row = options_table.decoder(given.get("name", fields.get("name", "argmax")))
+    name = row.name if row is not None else fields.get("name")
     for key in given:
-        if key in ("name", "seed") or (key == "n" and given[key] == 1):
+        if row is None or key in ("name", "seed") or (key == "n" and given[key] == 1):
             continue
-        if key not in compiler.DECODERS[name] | compiler.SHARED_OPTIONS:
+        if key not in row.options | options_table.SHARED_OPTIONS:
             hint = " (pass decoder='sample')" if key in _SAMPLING or key == "n" else ""
             raise QueryArgumentError(f"decoder {name} takes no option {key}{hint}", file=program.filename)
     fields.update(given)
@@ -146,12 +149,13 @@ def decoder_options(program: compiler.Program, inputs: dict[str, Any], **overrid
 
 
 def _decoder_name(name: Any, program: compiler.Program) -> str:
-    known = list(compiler.DECODERS) + list(compiler.DECODER_ALIASES)
-    if not isinstance(name, str) or name not in known:
-        hint = difflib.get_close_matches(str(name), known, 1)
+    row = options_table.decoder(name) if isinstance(name, str) else None
+    if row is None:
+        hint = difflib.get_close_matches(str(name), sorted(options_table.NAMES), 1)
+        known = ", ".join(d.name for d in options_table.DECODERS)
         raise QueryArgumentError(f"unknown decoder {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else
-                                 f" (known: {', '.join(compiler.DECODERS)})"), file=program.filename)
-    return compiler.DECODER_ALIASES.get(name, name)
+                                 f" (known: {known})"), file=program.filename)
+    return row.name
 
 
 def _evaluate(program: compiler.Program, expr, inputs: dict[str, Any]) -> Any:
@@ -191,7 +195,7 @@ def _starts(program: compiler.Program, rows: list[dict[str, Any]], scope: dict[s
     namespace = {**_namespace(), **(scope or {})}
     starts = []
     for inputs in rows:
-        check_inputs(program, {**namespace, **inputs})
+        checker.check_inputs(program, {**namespace, **inputs})
         fn = program.function(tuple(sorted(inputs)), namespace)
         starts.append((functools.partial(fn, **inputs), program))
     return starts
@@ -335,14 +339,14 @@ def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: An
     env = {**(scope or {}), **inputs}  # what the decoder clause and `from` may read
     options = decoder_options(program, env, name=decoder, seed=seed, **options)
     m = resolve_model(program, env, model)
-    rows = [inputs] * (options.n if options.name == "sample" else 1)
+    rows = [inputs] * (options.n if options.decoder.row_per_result else 1)
     token = _current_model.set(m)
     try:
         results = run_program(program, m, _index(m), options, _starts(program, rows, scope), on_text=on_text,
                               record_tokens=trace)
     finally:
         _current_model.reset(token)
-    return results if options.name in ("sample", "beam") and options.n > 1 else results[0]
+    return results if options.several else results[0]
 
 
 def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_size: int = 8, model: Any = None,
@@ -359,7 +363,7 @@ def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_si
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         options = decoder_options(program, chunk[0], seed=seed)
-        if options.name == "beam" or options.n > 1:
+        if not options.decoder.batches_inputs or options.n > 1:
             for i, row in enumerate(chunk):
                 yield start + i, run_compiled(program, row, model=model, seed=seed)
             continue

@@ -24,8 +24,8 @@ class LLM:
         """The loaded model (see `models.base.LanguageModel`); raises ModelError when it cannot be had."""
         key = (self.model_identifier, tuple(sorted((k, repr(v)) for k, v in self.configuration.items())))
         if key not in _loaded:
-            from .models import load
-            _loaded[key] = load(self.model_identifier, **self.configuration)
+            from .models import load_model
+            _loaded[key] = load_model(self.model_identifier, **self.configuration)
         return _loaded[key]
 
     def __getattr__(self, name: str) -> Any:
@@ -101,16 +101,14 @@ class ScoringResult:
 
 
 def score_continuations(model, prompt: str, values: list[str], name: str) -> ScoringResult:
-    """Score `values` after `prompt`, each tokenized on its own (as a hole's value is), in one batch."""
-    import torch
+    """Score `values` after `prompt`, each tokenized on its own (as a hole's value is)."""
     prompt_ids = list(model.bos_ids) + model.encode(prompt)
     value_ids = [model.encode(v) for v in values]
-    batch = model.batch(len(values))
-    feeds = [prompt_ids + ids for ids in value_ids]
-    logits = batch.step(feeds, all_logits=True)
-    full = []
-    for feed, rows in zip(feeds, logits):
-        logp = torch.log_softmax(rows.float(), dim=-1).numpy()
-        scores = [0.0] + [float(logp[k, feed[k + 1]]) for k in range(len(feed) - 1)]
-        full.append(np.array(scores, dtype=np.float32))
-    return ScoringResult(prompt, values, feeds, full, [len(ids) for ids in value_ids], name)
+    batch = model.batch(1)
+    # The prompt's own tokens are scored as a continuation of nothing (the first one gets 0).
+    (prompt_scores,) = batch.score(0, [prompt_ids])
+    batch.step([prompt_ids])
+    full = [np.concatenate([prompt_scores, scores]).astype(np.float32)
+            for scores in batch.score(0, value_ids)]
+    return ScoringResult(prompt, values, [prompt_ids + ids for ids in value_ids], full,
+                         [len(ids) for ids in value_ids], name)

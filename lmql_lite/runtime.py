@@ -81,10 +81,10 @@ class QueryContext:
     @property
     def prompt(self) -> str:
         """The prompt so far, hole values included."""
-        pieces = _prompt.get()
-        if pieces is None:
+        text = _prompt.get()
+        if text is None:
             raise RuntimeError("context.prompt is only available while a query runs")
-        return "".join(pieces)
+        return text()
 
     def __repr__(self) -> str:
         return "<lmql_lite query context>"
@@ -93,9 +93,9 @@ class QueryContext:
 context = QueryContext()
 
 
-def running(pieces: list[str]):
-    """Set the prompt `context.prompt` reads while a query's code runs; returns the token to `reset` it."""
-    return _prompt.set(pieces)
+def running(text: Callable[[], str]):
+    """While a query's code runs, `context.prompt` is `text()`; returns the token to `reset` it."""
+    return _prompt.set(text)
 
 
 def reset(token) -> None:

@@ -1,10 +1,24 @@
-"""Model names → loaders: the default model, local folders and hub ids, LMQL's spellings (`local:`, `random`), and clear errors for remote models."""
+"""Model backends: the contract (`base`), one module per engine, and loading a model by its name.
+
+A new engine is one module with a `load_model(name)` and one line in ENGINES. A name may say its
+engine (`transformers:gpt2`); any other name — a folder, a hub id, None for the embedded
+default — goes to DEFAULT_ENGINE. Engines are imported only when a model is loaded.
+LMQL's spellings are understood too: `local:NAME` (a local model), `random` (random logits over
+a real vocabulary, `seed=`), and remote models (`openai/…`, `chatgpt`), which are a clear
+ModelError until a serving-engine backend exists.
+"""
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Any
 
 from ..errors import ModelError
+
+ENGINES = {
+    "transformers": "lmql_lite.models.transformers",  # local folders, hub ids, the embedded default
+}
+DEFAULT_ENGINE = "transformers"
 
 # LMQL's shorthands for OpenAI models.
 OPENAI_ALIASES = {"chatgpt": "openai/gpt-3.5-turbo", "gpt-4": "openai/gpt-4"}
@@ -14,10 +28,13 @@ DEFAULT_NAMES = ("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct",
 PLACEMENT_OPTIONS = frozenset({"silent", "verbose", "inprocess", "cuda", "device_map", "trust_remote_code",
                                "dtype", "torch_dtype", "async_transport"})
 RANDOM_OPTIONS = frozenset({"seed", "tokenizer", "vocab"})
+REMOTE = (("openai/", "an OpenAI API model"), ("azure/", "an Azure OpenAI model"),
+          ("replicate:", "a Replicate model"), ("llama.cpp:", "a llama.cpp model"))
 
 
-def load(name: str | None = None, **options: Any):
-    """The model `name` stands for, loaded; `options` are LMQL's `lmql.model(name, ...)` keywords."""
+def load_model(name: str | None = None, **options: Any):
+    """The model `name` names, loaded by its engine (see `models.base.LanguageModel`); `options`
+    are LMQL's `lmql.model(name, ...)` keywords."""
     if name is not None and not isinstance(name, str):
         raise ModelError(f"a model is named by a string, got {type(name).__name__}")
     remote = _remote(name)
@@ -32,8 +49,12 @@ def load(name: str | None = None, **options: Any):
         name = name[len("local:"):]
         if name in DEFAULT_NAMES:
             name = None
-    from .transformers import load_model
-    return load_model(name)
+    engine, rest = DEFAULT_ENGINE, name
+    if name is not None:
+        prefix, colon, tail = name.partition(":")
+        if colon and prefix in ENGINES:
+            engine, rest = prefix, tail or None
+    return importlib.import_module(ENGINES[engine]).load_model(rest)
 
 
 def _remote(name: str | None) -> str | None:
@@ -41,8 +62,9 @@ def _remote(name: str | None) -> str | None:
     if name is None:
         return None
     full = OPENAI_ALIASES.get(name, name)
-    for prefix, what in (("openai/", "an OpenAI API model"), ("azure/", "an Azure OpenAI model"),
-                         ("replicate:", "a Replicate model"), ("llama.cpp:", "a llama.cpp model")):
+    if full.startswith("local:"):
+        full = full[len("local:"):]
+    for prefix, what in REMOTE:
         if full.startswith(prefix):
             return (f"model {name!r} is {what}: remote and llama.cpp models are not supported yet "
                     f"(a serving-engine backend for OpenAI-compatible servers such as vLLM, SGLang "

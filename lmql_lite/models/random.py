@@ -5,10 +5,11 @@ import zlib
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from ..errors import ModelError
 from ..index import Vocabulary
+from .fake import log_softmax
+from .hf_tokenizer import PLAIN_ROLE_MARKERS, vocabulary_from_tokenizer
 
 
 class RandomModel:
@@ -20,18 +21,18 @@ class RandomModel:
     """
 
     def __init__(self, seed: int | None = None, tokenizer: str | None = None):
-        from . import transformers as backend
         self.seed = int(seed or 0)
         self.name = f"random(seed={self.seed})"
         if tokenizer is None:
-            self.tokenizer = backend.default_tokenizer()
+            from .transformers import default_tokenizer
+            self.tokenizer = default_tokenizer()
         else:
+            from transformers import AutoTokenizer
             try:
-                with backend._quiet():
-                    self.tokenizer = backend.AutoTokenizer.from_pretrained(tokenizer)
+                self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
             except (OSError, ValueError) as e:
                 raise ModelError(f"model 'random': tokenizer {tokenizer!r} not found: {e}") from None
-        self.vocabulary: Vocabulary = backend.vocabulary_from_tokenizer(self.tokenizer)
+        self.vocabulary: Vocabulary = vocabulary_from_tokenizer(self.tokenizer)
         self.bos_ids: list[int] = []
 
     def logits_for(self, tokens: Sequence[int]) -> np.ndarray:
@@ -47,7 +48,6 @@ class RandomModel:
         return b"".join(self.vocabulary.tokens[i] for i in ids).decode("utf-8", errors="replace")
 
     def role_markers(self, role: str) -> tuple[str, str]:
-        from .transformers import PLAIN_ROLE_MARKERS
         if role not in PLAIN_ROLE_MARKERS:
             raise ModelError(f"unknown chat role {role!r}: use system, user or assistant")
         return PLAIN_ROLE_MARKERS[role]
@@ -68,22 +68,27 @@ class RandomBatch:
         self.forward_passes = 0
         self.tokens_fed = 0
 
-    def step(self, feeds: Sequence[Sequence[int]], all_logits: bool = False, only=None):
+    def step(self, feeds: Sequence[Sequence[int]], only=None) -> np.ndarray:
         if len(feeds) != len(self._rows):
-            raise ValueError("one feed per row")
+            raise ValueError(f"step() got {len(feeds)} feeds for {len(self._rows)} rows")
         self.forward_passes += 1
-        out = []
-        for row, feed in zip(self._rows, feeds):
-            start = len(row)
+        out = np.zeros((len(self._rows), len(self.model.vocabulary)), np.float32)
+        for r, (row, feed) in enumerate(zip(self._rows, feeds)):
             row.extend(feed)
             self.tokens_fed += len(feed)
-            if all_logits:
-                width = len(self.model.vocabulary)
-                out.append(torch.from_numpy(np.stack([self.model.logits_for(row[:k]) for k in range(start + 1, len(row) + 1)])
-                                            if feed else np.zeros((0, width), np.float32)))
-            else:
-                out.append(torch.from_numpy(self.model.logits_for(row)))
-        return out if all_logits else torch.stack(out)
+            if row:
+                out[r] = self.model.logits_for(row)
+        return out
+
+    def score(self, row: int, continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        prefix = self._rows[row]
+        self.forward_passes += 1
+        out = []
+        for tokens in continuations:
+            self.tokens_fed += len(tokens)
+            out.append(np.array([log_softmax(self.model.logits_for(prefix + list(tokens[:j])))[t]
+                                 if prefix or j else 0.0 for j, t in enumerate(tokens)], np.float64))
+        return out
 
     def truncate(self, row: int, n: int) -> None:
         del self._rows[row][n:]

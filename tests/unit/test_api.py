@@ -180,7 +180,7 @@ def test_generate_is_bounded_by_max_tokens(fake):
 @pytest.mark.parametrize("name", ["openai/gpt-3.5-turbo-instruct", "chatgpt", "gpt-4", "azure/x", "llama.cpp:/m.gguf"])
 def test_remote_models_are_a_clear_error(name):
     with pytest.raises(lmql.ModelError, match="not supported yet") as e:
-        models.load(name)
+        models.load_model(name)
     assert "serving-engine" in str(e.value)
     with pytest.raises(lmql.ModelError, match="not supported yet"):
         lmql.run(f'argmax\n    "[X]"\nfrom\n    "{name}"\n')
@@ -190,12 +190,12 @@ def test_local_names_resolve_to_the_local_loader(monkeypatch):
     from lmql_lite.models import transformers as backend
     asked = []
     monkeypatch.setattr(backend, "load_model", lambda name=None: asked.append(name) or "loaded")
-    models.load("local:SmolLM2-135M-Instruct")
-    models.load("local:/some/dir")
-    models.load("local:org/model", cuda=True, silent=True)
+    models.load_model("local:SmolLM2-135M-Instruct")
+    models.load_model("local:/some/dir")
+    models.load_model("local:org/model", cuda=True, silent=True)
     assert asked == [None, "/some/dir", "org/model"]
     with pytest.raises(lmql.ModelError, match="unknown option 'sed'; did you mean 'seed'"):
-        models.load("random", sed=1)
+        models.load_model("random", sed=1)
 
 
 def test_model_handles_are_lazy_and_shared():
