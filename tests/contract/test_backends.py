@@ -16,12 +16,14 @@ from lmql_lite.models import base
 TEXTS = ["The capital of France is Paris.\n", "Is it on the coast? yes no", "Numbers: 2024-01-31", "Café"]
 
 
-@pytest.fixture(scope="module", params=["fake", "transformers"])
+@pytest.fixture(scope="module", params=["fake", "random", "transformers"])
 def model(request):
     if request.param == "fake":
         from lmql_lite.models.fake import FakeModel
         return FakeModel()
     from lmql_lite.models import load_model
+    if request.param == "random":
+        return load_model("random", seed=123)
     return load_model("transformers:" + str(request.getfixturevalue("tiny_model_dir")))
 
 
