@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 _API = {"run", "run_sync", "run_file", "run_batch", "query", "F", "model", "load", "Result", "LLM",
         "ScoringResult", "set_default_model", "get_default_model", "generate", "generate_sync", "score",
         "score_sync"}
-_MODULES = {"decorators", "lib"}
+_MODULES = {"decorators"}
 __all__ = sorted(_API) + ["LmqlError", "LmqlSyntaxError", "ConstraintError", "ModelError", "QueryArgumentError",
                           "QueryRuntimeError", "QueryTimeoutError"]
 

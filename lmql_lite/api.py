@@ -9,7 +9,6 @@ import os
 import difflib
 import re
 import textwrap
-import types
 from typing import Any, Callable, Iterable, Iterator
 
 from . import checker, compiler, parser
@@ -405,7 +404,7 @@ class QueryFunction:
 
     def __get__(self, obj, objtype=None):
         """As a method, `self` is the first input."""
-        return self if obj is None else types.MethodType(self, obj)
+        return self if obj is None else _BoundQuery(self, obj)
 
     def _arguments(self, args, kwargs) -> tuple[dict[str, Any], dict[str, Any]]:
         program = self.__lmql_program__
@@ -449,6 +448,24 @@ class QueryFunction:
 
     def __repr__(self) -> str:
         return f"<lmql_lite query {self.__name__}{self.signature}>"
+
+
+class _BoundQuery:
+    """A query function read from an instance: `self` given, usable as a call or a nested query."""
+
+    def __init__(self, query: QueryFunction, obj: Any):
+        self.__func__, self.__self__ = query, obj
+        self.__lmql_program__ = query.__lmql_program__
+        self.__name__ = query.__name__
+
+    def __call__(self, *args, **kwargs):
+        return self.__func__(self.__self__, *args, **kwargs)
+
+    def run(self, *args, **kwargs):
+        return self.__func__.run(self.__self__, *args, **kwargs)
+
+    def __lmql_start__(self, *args, **kwargs):
+        return self.__func__.__lmql_start__(self.__self__, *args, **kwargs)
 
 
 _STRING_LITERAL = re.compile(r"""[rRuU]?('''|\"\"\"|'|")(.*)\1""", re.S)

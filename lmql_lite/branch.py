@@ -160,7 +160,7 @@ class Branch:
             self._start_nested(hole)
         elif hole.distribution is not None:
             self._score_distribution(hole)
-        else:
+        elif not self._fixed_by_pre(hole):
             try:
                 self.filling = Filling.begin(hole, self._resolver(hole), self.prompt, self.runner,
                                              self.frames[-1].program)
@@ -168,6 +168,24 @@ class Branch:
                 raise
             except Exception as e:
                 raise self._runtime_error(e) from e
+
+    def _fixed_by_pre(self, hole: runtime.Hole) -> bool:
+        """Run the hole's `@lmql.decorators.pre` functions; one that returns a value fixes the hole to it."""
+        from . import decorators
+        for fn in hole.decorators:
+            if decorators.kind(fn) != "pre":
+                continue
+            variable = decorators.Variable(hole.name)
+            try:
+                value = fn(variable)
+            except Exception as e:
+                raise self._runtime_error(e) from e
+            if value is not variable and value != variable:
+                self.prompt.append(str(value), "value")
+                self.frames[-1].variables[hole.name] = value
+                self._resume_value = value
+                return True
+        return False
 
     def _finish_hole(self) -> None:
         filling = self.filling

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from . import runtime
+from . import decorators, runtime
 from .constraints import compile_guide, terms
 from .constraints.base import Guide, Mask
 from .errors import ConstraintError, LmqlError
@@ -142,14 +142,18 @@ class Filling:
         if tok not in self.runner.model.vocabulary.eos_ids:
             self.prompt.tokens.append(tok)
         self.guide.advance(tok)
+        for fn in self.hole.decorators:
+            if decorators.kind(fn) == "streaming":
+                fn(self.guide.text(), runtime.context)
 
     def finish(self) -> tuple[str, Any]:
         """(text, value) of the finished hole, decorators applied; the row's tokens spell exactly the text."""
         try:
             text, value = self.guide.text(), self.guide.value()
             for fn in reversed(self.hole.decorators):
-                value = fn(value)
-                text = str(value)
+                if decorators.kind(fn) == "post":
+                    value = fn(value)
+                    text = str(value)
         except LmqlError as e:
             raise self.locate(e)
         self.prompt.reconcile(self.start, self.heal_prefix + text.encode())

@@ -213,3 +213,31 @@ def test_random_model_is_deterministic_by_seed():
     assert len(a.vocabulary) > 10_000  # a real tokenizer's vocabulary
     src = '"Say:[R]" where len(TOKENS(R)) < 6\n'
     assert lmql.run(src, model=lmql.model("random", seed=123)).prompt == lmql.run(src, model=b).prompt
+
+
+def test_pre_streaming_and_post_decorators(fake):
+    seen = {"pre": [], "stream": []}
+
+    @lmql.decorators.pre
+    def look(variable):
+        seen["pre"].append(variable.name)
+        return variable
+
+    @lmql.decorators.streaming
+    def stream(text, context):
+        seen["stream"].append(text)
+
+    r = lmql.run('"Say:[@len @stream @look R]" where len(TOKENS(R)) < 4\n', model=fake, stream=stream, look=look)
+    assert seen["pre"] == ["R"]
+    assert seen["stream"] and all(b.startswith(a) for a, b in zip(seen["stream"], seen["stream"][1:]))
+    assert r.variables["R"] == len(seen["stream"][-1]) and r.prompt == f"Say:{r.variables['R']}"
+
+
+def test_a_pre_decorator_can_fix_the_value(fake):
+    @lmql.decorators.pre
+    def fixed(variable):
+        return "Fixed Value"
+
+    r = lmql.run('"Say:[@fixed R] and [S]" where S in ["ab", "cd"]\n', model=fake, fixed=fixed)
+    assert r.variables["R"] == "Fixed Value" and r.prompt == f"Say:Fixed Value and {r.variables['S']}"
+    assert r.trace.generated_tokens + r.trace.forced_tokens <= 2  # only S was decoded

@@ -420,6 +420,40 @@ def inner_decorator():
     '''
 
 
+# src/lmql/tests/test_decorators.py
+@lmql.query(model=lmql.model("random", seed=123))
+def pre_decorator():
+    '''lmql
+    log = DecoratorLog()
+    log.stream_input = []
+
+    @lmql.decorators.pre
+    def f(variable):
+        return "Fixed Value"
+
+    "Say 'this is a test':\n[@f RESPONSE]" where len(TOKENS(RESPONSE)) < 10
+
+    return RESPONSE
+    '''
+
+
+# src/lmql/tests/test_decorators.py
+@lmql.query(model=lmql.model("random", seed=123))
+def streaming_decorator():
+    '''lmql
+    log = DecoratorLog()
+    log.stream_input = []
+
+    @lmql.decorators.streaming
+    def f(s, context):
+        log.stream_input += [s]
+
+    "Say 'this is a test':\n[@f RESPONSE]" where len(TOKENS(RESPONSE)) < 10
+
+    return RESPONSE, log.stream_input
+    '''
+
+
 def scoping_q(actual_input):
     # src/lmql/tests/test_scoping.py (defined when run: Python before the decoder line, syntax branch)
     @lmql.query
@@ -747,8 +781,7 @@ where
     Case("multi_nested", "nested", lambda: multi_nested(),
          lambda v: all(isinstance(x, str) for x in v) and len(v) == 3),
     Case("nested_one_of", "nested", nested_one_of, lambda v: v in ['Berlin', 'Paris', 'London'], xfail=SYNTAX),
-    Case("nested_methods", "nested", lambda: NestedQueryMethods().question(), lambda v: isinstance(v, str), xfail='a method query function as a nested query ([X: self.method]) does not get its `self` (api: not done)'),
-    # src/lmql/tests/test_distribution.py
+    Case("nested_methods", "nested", lambda: NestedQueryMethods().question(), lambda v: isinstance(v, str)),
     Case("distribution_no_vars", "distribution", lambda: distribution_no_vars(),
          lambda r: r.distribution_variable == "CLS" and set(r.distribution_values) == {" positive", " neutral", " negative"}
          and r.variables["CLS"] in r.distribution_values and len(r.variables["P(CLS)"]) == 3),
@@ -767,6 +800,9 @@ where
     # src/lmql/tests/test_decorators.py
     Case("inner_decorator", "python", lambda: inner_decorator(),
          lambda v: v[0] == 12 and v[1] == "Say 'this is a test':\n12" and isinstance(v[2], str)),
+    Case("pre_decorator", "python", lambda: pre_decorator(), lambda v: v == "Fixed Value"),
+    Case("streaming_decorator", "python", lambda: streaming_decorator(),
+         lambda v: v[1][-1] == v[0] and all(b.startswith(a) for a, b in zip(v[1], v[1][1:]))),
     # src/lmql/tests/test_scoping.py
     Case("scoping_input_local", "scoping", lambda: sync(scoping_q("x")), lambda v: v is True, xfail=SYNTAX),
     Case("decode_clause_scoping", "scoping", text('''lmql
