@@ -18,6 +18,7 @@ import sys
 import numpy as np
 
 from ..errors import ConstraintError
+from . import automata
 from .automata import Dfa, make
 
 if sys.version_info >= (3, 11):
@@ -316,19 +317,35 @@ class Nfa:
         ids = {first: 0}
         order = [first]
         rows = []
+        unions: dict[frozenset, frozenset] = {}  # edge targets -> the subset they lead to
+        limit = automata.max_states()
         for subset in order:  # grows while we iterate: the subset construction's work list
-            edges = [e for n in subset for e in self.edges[n]]
+            # one sweep over the subset's edges sorted by their first byte: each byte range's targets
+            edges = sorted(e for n in subset for e in self.edges[n])
             row = np.full(256, -1, np.int32)
             if edges:
                 cuts = sorted({lo for lo, _, _ in edges} | {hi + 1 for _, hi, _ in edges})
+                active: list[tuple[int, int, int]] = []
+                i = 0
                 for lo, nxt in zip(cuts, cuts[1:]):
-                    targets = frozenset().union(*[closure(t) for elo, ehi, t in edges if elo <= lo <= ehi])
-                    if not targets:
+                    while i < len(edges) and edges[i][0] <= lo:
+                        active.append(edges[i])
+                        i += 1
+                    active = [e for e in active if e[1] >= lo]
+                    if not active:
                         continue
+                    heads = frozenset(t for _, _, t in active)
+                    targets = unions.get(heads)
+                    if targets is None:
+                        targets = unions[heads] = frozenset().union(*[closure(t) for t in heads])
                     if targets not in ids:
                         ids[targets] = len(order)
                         order.append(targets)
                     row[lo:nxt] = ids[targets]
             rows.append(row)
+            if len(order) > limit:
+                automata.spend(len(order), limit)
+            elif len(rows) % 1024 == 0:
+                automata.spend(0)
         accepting = np.array([end in subset for subset in order])
         return make(np.stack(rows), accepting)
