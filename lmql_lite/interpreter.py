@@ -300,6 +300,24 @@ class Branch:
         if len(self.tokens) >= self.runner.options.max_len:
             raise self._at_hole(ConstraintError(f"max_len={self.runner.options.max_len} is reached by the "
                                                 f"prompt before {hole.name} can be decoded"))
+        self._check_room(hole, guide)
+
+    def _check_room(self, hole: runtime.Hole, guide) -> None:
+        """ConstraintError before decoding when max_len (or max_tokens) leaves fewer tokens than the hole needs."""
+        options, plan = self.runner.options, getattr(guide, "plan", None)
+        if plan is None:
+            return
+        room = options.max_len - len(self.tokens)
+        if options.max_tokens is not None:
+            room = min(room, options.max_tokens)
+        widest = self.runner.index.max_token_bytes
+        needed = max(plan.counts.lo, -(-int(guide.automaton.bytedist[0]) // widest) if widest else 0)
+        if needed > room:
+            limits = f"max_len={options.max_len}" + (f" and max_tokens={options.max_tokens}"
+                                                     if options.max_tokens is not None else "")
+            raise self._at_hole(ConstraintError(f"{hole.name} needs at least {needed} tokens under {plan.term}, "
+                                                f"but {limits} leave{'s' if options.max_tokens is None else ''} "
+                                                f"room for {room} after the prompt"))
 
     def _budget_spent(self) -> bool:
         options = self.runner.options
@@ -557,16 +575,22 @@ class Runner:
             return None
         return decoders.allowed_ids(allowed)
 
+    SCORE_CHUNK = 32  # candidates per batched pass: memory is that of 32 extra rows, however long the list
+
     def score(self, branch: Branch, candidates: list[list[int]]) -> list[float]:
-        """Total log-probability of each candidate continuing `branch`'s prompt, in one batched pass."""
+        """Total log-probability of each candidate continuing `branch`'s prompt, in batched passes of SCORE_CHUNK."""
         first = self._forward([branch], masked=False)[branch.row]
         rows = len(self.branches)
-        self.batch.select(list(range(rows)) + [branch.row] * len(candidates))
-        out = self.batch.step([[] for _ in range(rows)] + candidates, all_logits=True)
-        self.batch.select(list(range(rows)))
-        branch.trace.forward_passes += 1
-        branch.trace.tokens_fed += sum(len(c) for c in candidates)
-        return [decoders.continuation_logprob(first, out[rows + i], c) for i, c in enumerate(candidates)]
+        logprobs = []
+        for at in range(0, len(candidates), self.SCORE_CHUNK):
+            chunk = candidates[at:at + self.SCORE_CHUNK]
+            self.batch.select(list(range(rows)) + [branch.row] * len(chunk))
+            out = self.batch.step([[] for _ in range(rows)] + chunk, all_logits=True)
+            self.batch.select(list(range(rows)))
+            branch.trace.forward_passes += 1
+            branch.trace.tokens_fed += sum(len(c) for c in chunk)
+            logprobs += [decoders.continuation_logprob(first, out[rows + i], c) for i, c in enumerate(chunk)]
+        return logprobs
 
     # ---- beam search -------------------------------------------------------------------
 
