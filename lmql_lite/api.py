@@ -72,18 +72,16 @@ def _read(source_or_path: str, filename: str | None) -> tuple[str, str]:
 def decoder_options(program: compiler.Program, inputs: dict[str, Any], **overrides: Any) -> DecoderOptions:
     """The decoder clause's options, evaluated with the query's inputs, then `overrides` (None ones ignored)."""
     decoder = program.query.decoder
+    checker.first_problem(program, inputs)  # `lmql-lite check`'s rules, before any model loads
     fields: dict[str, Any] = {}
     if decoder is not None:
-        problems = checker.check_decoder(program, decoder)  # the same rules as `lmql-lite check`
-        if problems:
-            raise problems[0]
         fields["name"] = compiler.DECODER_ALIASES.get(decoder.name, decoder.name)
         values = [_evaluate(program, e, inputs) for e in decoder.args]
         if values:
             fields["n"] = values[0]
         for key, expr in decoder.kwargs:
-            if key in ("chunksize", "openai_chunksize"):
-                continue  # LMQL's API-batching options mean nothing for a local model
+            if key in compiler.IGNORED_OPTIONS:
+                continue  # LMQL's API-batching, logging and caching options mean nothing for a local model
             fields[key] = _evaluate(program, expr, inputs)
     fields.update({k: v for k, v in overrides.items() if v is not None})
     try:
@@ -147,14 +145,14 @@ def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: An
                  decoder: str | None = None, seed: int | None = None, on_text=None, trace: bool = False):
     options = decoder_options(program, inputs, name=decoder, seed=seed)
     m = resolve_model(program, inputs, model)
-    rows = [inputs] * (options.n if options.name == "sample" else 1)
+    rows = [inputs] * (options.n if options.name in ("sample", "argmax") else 1)
     token = _current_model.set(m)
     try:
         results = run_program(program, m, _index(m), options, _starts(program, rows), on_text=on_text,
                               record_tokens=trace)
     finally:
         _current_model.reset(token)
-    return results if options.name in ("sample", "beam") and options.n > 1 else results[0]
+    return results if options.n > 1 else results[0]
 
 
 def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_size: int = 8, model: Any = None,

@@ -398,3 +398,24 @@ def GRAMMAR(var: Any, text: Any) -> Any:
 
 
 BUILTINS = ("STOPS_AT", "STOPS_BEFORE", "TOKENS", "REGEX", "INT", "FLOAT", "JSON", "GRAMMAR")
+
+
+def int_(x: Any, *rest: Any) -> Any:
+    """`int(...)` in a where clause: INT on the hole, Python's int on anything else."""
+    return INT(x) if (isinstance(x, Var) or x is UNKNOWN) and not rest else int(x, *rest)
+
+
+def float_(x: Any) -> Any:
+    """`float(...)` in a where clause: FLOAT on the hole, Python's float on anything else."""
+    return FLOAT(x) if isinstance(x, Var) or x is UNKNOWN else float(x)
+
+
+# Lowercase spellings: LMQL's `stops_at`/`stops_before`, and the same for every other builtin.
+# A name the query itself defines (`def regex(...)`, `import json`) is the query's, not ours.
+ALIASES = {name.lower(): name for name in BUILTINS}
+_BUILDERS = {**{name: name for name in BUILTINS}, **ALIASES, "int": "int_", "float": "float_"}
+
+
+def builder(name: str) -> str | None:
+    """The attribute of this module that a where clause's call of `name` goes to, or None."""
+    return _BUILDERS.get(name)

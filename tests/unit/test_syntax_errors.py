@@ -41,7 +41,7 @@ CASES = [
     ('x = "a" where b', 1, 9, "unexpected 'where'"),
     ('if x:\ny = 1\n', 2, 1, "unexpected 'y'"),
     ('if x:\n    y\n  z\n', 3, 3, 'unindent does not match any outer indentation level'),
-    ('  x = 1\n', 1, 2, 'unexpected indent'),
+    ('  x = 1\ny = 2\n', 2, 1, "this line is indented less than the query's first line"),
     ('x = 1\n    y = 2\n', 2, 5, 'unexpected indent'),
     ('def f(:\n    pass\n', 1, 7, "unexpected ':'"),
     ('for in x:\n    pass\n', 1, 8, "unexpected 'x'"),
