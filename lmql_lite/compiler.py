@@ -47,6 +47,7 @@ class Program:
     inputs: tuple[str, ...]           # names the query reads but never defines: its inputs
     defined: tuple[str, ...] = ()     # names the query assigns, imports or defines
     bound: frozenset[str] = frozenset()  # every name its code binds, in any scope (see bound_names)
+    returns: bool = True              # has a `return`; a nested query without one is a macro (LMQL)
     _code: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -89,7 +90,20 @@ def compile_query(query: nodes.Query) -> Program:
     module = ast.Module(body=[fn], type_ignores=[])
     ast.fix_missing_locations(module)
     inputs, defined = _names(module)
-    return Program(query=query, module=module, holes=holes, inputs=inputs, defined=defined, bound=bound)
+    return Program(query=query, module=module, holes=holes, inputs=inputs, defined=defined, bound=bound,
+                   returns=_returns(body))
+
+
+def _returns(body: list[ast.stmt]) -> bool:
+    """The query's own code (not a function defined in it) has a `return` statement."""
+    stack = list(body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Return):
+            return True
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            stack.extend(ast.iter_child_nodes(node))
+    return False
 
 
 def bound_names(body: list[ast.stmt]) -> frozenset[str]:

@@ -178,8 +178,12 @@ class Branch:
             self.done, self.value = True, value
             self.runner.emit(self, "", "end")
             return
-        # A nested query's text is replaced by its return value.
         pieces, ntokens = frame.marker
+        if not frame.program.returns:  # no `return`: a macro, its prompt stays and is the hole's value
+            value = self.frames[-1].variables[frame.hole.name] = "".join(self.prompt[pieces:])
+            self._resume_value = value
+            return
+        # A nested query's text is replaced by its return value.
         del self.prompt[pieces:]
         self._truncate(ntokens)
         self.text = ""
