@@ -221,7 +221,40 @@ def and_(*thunks: Callable[[], Any]) -> Any:
             return x
     if not parts:
         return True
+    parts = _stopped(parts)
     return parts[0] if len(parts) == 1 else And(tuple(parts))
+
+
+def _stopped(parts: list[Term]) -> list[Term]:
+    """Choices and `==` texts of a hole, as its stop phrases leave them (LMQL: the stop ends the value first).
+
+    `STOPS_BEFORE(G, '"') and G == 'abc",'`: text written as `abc",` ends at `"`, so the value the
+    constraint admits is `abc`. Every value still satisfies the term, which now says so.
+    """
+    stops: dict[str, list[tuple[str, bool]]] = {}
+    for p in parts:
+        if isinstance(p, (StopsAt, StopsBefore)):
+            stops.setdefault(p.var, []).append((p.phrase, isinstance(p, StopsBefore)))
+    if not stops:
+        return parts
+
+    def cut(var: str, text: str) -> str:
+        ends = []
+        for phrase, before in stops.get(var, ()):
+            i = text.find(phrase)
+            if i >= 0:
+                ends.append((i + len(phrase), i if before else i + len(phrase)))
+        return text[:min(ends)[1]] if ends else text
+
+    out = []
+    for p in parts:
+        if isinstance(p, In) and p.var in stops:
+            p = In(p.var, tuple(dict.fromkeys(cut(p.var, o) for o in p.options)))
+        elif isinstance(p, Compare) and isinstance(p.left, Var) and p.op == "==" and isinstance(p.right, str) \
+                and p.left.name in stops:
+            p = Compare(p.left, "==", cut(p.left.name, p.right))
+        out.append(p)
+    return out
 
 
 def or_(*thunks: Callable[[], Any]) -> Any:

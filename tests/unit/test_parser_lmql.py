@@ -58,6 +58,11 @@ CASES = [
      lambda r: r.variables["X"] == " ab"),  # int() of a value that is no hole is Python's
     ('def regex(s, p):\n    return True\n"Pick[X]" where regex(X, "no") and X in [" ab"]\n',
      lambda r: r.variables["X"] == " ab"),  # the query's own function, not REGEX
+    # a stop phrase ends the value first, also inside a forced text (LMQL's test_stopping)
+    ('\'"songs":[[\\n        "[G]\' where STOPS_BEFORE(G, \',\') and STOPS_BEFORE(G, \'"\') and STOPS_BEFORE(G, \']\') '
+     'and len(TOKENS(G)) < 10 and G == \'abc",\'\n"|"\n',
+     lambda r: r.variables["G"] == "abc" and r.prompt.endswith('"abc|')),
+    ('"[G]" where STOPS_AT(G, ".") and G in ["a.b", "c"]\n', lambda r: r.variables["G"] in ("a.", "c")),
 ]
 
 
