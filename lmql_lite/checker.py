@@ -13,7 +13,7 @@ import copy
 import difflib
 from typing import Any, Iterable
 
-from . import compiler, nodes
+from . import compiler, nodes, options
 from .constraints import terms
 from .errors import ConstraintError, LmqlError, QueryArgumentError
 
@@ -62,19 +62,19 @@ class _NameProblem(ConstraintError):
 
 
 def check_decoder(program: compiler.Program, decoder: nodes.Decoder) -> list[LmqlError]:
-    name = compiler.DECODER_ALIASES.get(decoder.name, decoder.name)
-    if name not in compiler.DECODERS:
-        hint = difflib.get_close_matches(decoder.name.lower(), list(compiler.DECODERS) + list(compiler.DECODER_ALIASES), 1)
+    row = options.decoder(decoder.name)
+    if row is None:
+        hint = difflib.get_close_matches(decoder.name.lower(), sorted(options.NAMES), 1)
         message = f"unknown decoder '{decoder.name}'" + (f"; did you mean '{hint[0]}'?" if hint else
-                                                        f" (known: {', '.join(compiler.DECODERS)})")
+                                                        f" (known: {', '.join(d.name for d in options.DECODERS)})")
         return [_error(QueryArgumentError, program, message, decoder.pos.line, decoder.pos.column)]
-    known = compiler.DECODERS[name] | compiler.SHARED_OPTIONS
+    known = row.options | options.SHARED_OPTIONS
     problems = []
-    if decoder.args and name == "argmax":
-        problems.append(_error(QueryArgumentError, program, "argmax takes no positional argument",
+    if decoder.args and not row.positional_n:
+        problems.append(_error(QueryArgumentError, program, f"{row.name} takes no positional argument",
                                decoder.pos.line, decoder.pos.column))
     for key, expr in decoder.kwargs:
-        if key in compiler.UNSUPPORTED_OPTIONS:
+        if key in options.UNSUPPORTED_OPTIONS:
             problems.append(_error(QueryArgumentError, program, f"LMQL's option '{key}' is not supported by lmql_lite",
                                    expr.pos.line, expr.pos.column))
         elif key not in known:
@@ -231,3 +231,27 @@ def _only_about(program: compiler.Program, expr: ast.expr, hole: str) -> bool:
                 or isinstance(node, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
             return False
     return mentions
+
+
+def check_inputs(program: compiler.Program, inputs: dict) -> None:
+    """Every input the query reads is given; a QueryArgumentError names the missing ones."""
+    missing = [n for n in program.inputs if n not in inputs]
+    decoder = program.query.decoder is None and _misspelt_decoder(missing)
+    if decoder:
+        raise QueryArgumentError(f"'{decoder[0]}' is not a decoder; did you mean '{decoder[1]}'?",
+                                 file=program.filename, line=1, column=1, source_line=program.source_line(1))
+    if missing:
+        names = ", ".join(missing)
+        raise QueryArgumentError(f"the query needs input{'s' if len(missing) > 1 else ''} {names}: "
+                                 f"pass {' '.join(f'--arg {m}=...' for m in missing)} on the command line "
+                                 f"or {', '.join(f'{m}=...' for m in missing)} in Python",
+                                 file=program.filename)
+
+
+def _misspelt_decoder(names: list[str]) -> tuple[str, str] | None:
+    """(name, decoder) when a would-be input is a misspelt decoder line such as `sampel(n=2)`."""
+    for name in names:
+        close = difflib.get_close_matches(name, [d.name for d in options.DECODERS], 1, cutoff=0.75)
+        if close:
+            return name, close[0]
+    return None

@@ -21,19 +21,6 @@ from . import nodes, runtime
 from .constraints import terms
 from .errors import LmqlSyntaxError
 
-DECODERS = {
-    # name: the options it accepts, besides the shared ones
-    "argmax": frozenset({"n"}),  # as in LMQL, n greedy results (all the same)
-    "sample": frozenset({"n", "temperature", "top_k", "top_p", "seed"}),
-    "beam": frozenset({"n"}),
-}
-DECODER_ALIASES = {"beam_var": "beam", "var": "beam", "best_k": "beam", "beam_sample": "sample"}
-# LMQL's runtime options for API batching, logging and caching: accepted, nothing to do locally
-IGNORED_OPTIONS = frozenset({"chunksize", "openai_chunksize", "openai_nonstop", "chunk_timeout", "verbose", "cache"})
-SHARED_OPTIONS = frozenset({"max_len", "max_tokens", "healing"}) | IGNORED_OPTIONS
-# LMQL's options that change scores, which lmql_lite does not implement: refused, not ignored
-UNSUPPORTED_OPTIONS = frozenset({"repetition_penalty", "frequency_penalty", "presence_penalty"})
-
 # Names compiled code refers to; a query's own names never start with "__lmql".
 _RT, _C, _RESOLVE, _PROMPT, _FN = "__lmql_rt__", "__lmql_c__", "__lmql_v__", "__lmql_prompt__", "__lmql_query__"
 

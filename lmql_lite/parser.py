@@ -20,13 +20,9 @@ import lark
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
 from lark.indenter import PythonIndenter
 
-from . import nodes
+from . import cache, nodes, options
 from .errors import LmqlError, LmqlSyntaxError
-from .models import cache
 
-# LMQL 0.7's decoders; a first line naming one of them (bare or called, alone or followed by a
-# string) is the decoder clause. Any other first line is Python or a prompt.
-DECODERS = frozenset({"argmax", "sample", "beam", "beam_var", "var", "best_k", "beam_sample"})
 ROLES = frozenset({"system", "user", "assistant"})
 MAX_NESTING = 100  # brackets; CPython's own parser stops at 200
 
@@ -354,10 +350,10 @@ def _decoder_line(text: str) -> tuple[int, str] | None:
         if level == top and t.type == tokenize.NAME and t.string not in seen and not keyword.iskeyword(t.string):
             shape = _decoder_shape(line)
             if shape is not None:
-                name = t.string.lower() if t.string.lower() in DECODERS else t.string
+                name = t.string.lower() if t.string.lower() in options.NAMES else t.string
                 followed = shape == "string" or any(u.type == tokenize.INDENT for u in tokens[j:j + 3])
-                close = difflib.get_close_matches(name, DECODERS, 1, cutoff=0.75)
-                if name in DECODERS or followed or close and shape == "call":
+                close = difflib.get_close_matches(name, options.NAMES, 1, cutoff=0.75)
+                if name in options.NAMES or followed or close and shape == "call":
                     return starts[t.start[0] - 1], name
         seen.update(u.string for u in line if u.type == tokenize.NAME)
         i = j
@@ -532,7 +528,7 @@ class _Builder:
                 kwargs.append((str(key), self.expr(value)))
         # LMQL reads decoder names case-insensitively (ARGMAX); an unknown name is kept as written
         written = str(name)
-        known = written.lower() if written.lower() in DECODERS else written
+        known = written.lower() if written.lower() in options.NAMES else written
         return nodes.Decoder(known, self.pos(name.start_pos), tuple(args), tuple(kwargs))
 
     def expr(self, node) -> nodes.Expr:
