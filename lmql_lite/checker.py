@@ -234,24 +234,15 @@ def _only_about(program: compiler.Program, expr: ast.expr, hole: str) -> bool:
 
 
 def check_inputs(program: compiler.Program, inputs: dict) -> None:
-    """Every input the query reads is given; a QueryArgumentError names the missing ones."""
+    """Every input the query reads is given; a QueryArgumentError names the missing ones.
+
+    (A misspelt decoder line such as `sampel(n=2)` is found by the parser and reported by
+    check_decoder, so a missing input here is always an input.)
+    """
     missing = [n for n in program.inputs if n not in inputs]
-    decoder = program.query.decoder is None and _misspelt_decoder(missing)
-    if decoder:
-        raise QueryArgumentError(f"'{decoder[0]}' is not a decoder; did you mean '{decoder[1]}'?",
-                                 file=program.filename, line=1, column=1, source_line=program.source_line(1))
     if missing:
         names = ", ".join(missing)
         raise QueryArgumentError(f"the query needs input{'s' if len(missing) > 1 else ''} {names}: "
                                  f"pass {' '.join(f'--arg {m}=...' for m in missing)} on the command line "
                                  f"or {', '.join(f'{m}=...' for m in missing)} in Python",
                                  file=program.filename)
-
-
-def _misspelt_decoder(names: list[str]) -> tuple[str, str] | None:
-    """(name, decoder) when a would-be input is a misspelt decoder line such as `sampel(n=2)`."""
-    for name in names:
-        close = difflib.get_close_matches(name, [d.name for d in options.DECODERS], 1, cutoff=0.75)
-        if close:
-            return name, close[0]
-    return None

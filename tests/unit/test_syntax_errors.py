@@ -180,3 +180,11 @@ def test_errors_come_before_torch_loads(tmp_path):
     assert out.stdout.split() == ["[3,", "3]", "False"], out.stdout + out.stderr
     assert "invalid regular expression" in out.stderr
     assert elapsed < 10  # a process start; the measured figure on an idle machine is in the report
+
+
+def test_a_decoder_after_python_is_the_decoder_not_an_input():
+    """Once the bogus "'sample' is not a decoder; did you mean 'sample'?"."""
+    results = lmql_lite.run('x = 1\nsample(n=2, seed=1)\n"Pick[X]" where X in [" ab", " cd"]\n', model=FakeModel())
+    assert len(results) == 2
+    with pytest.raises(lmql_lite.QueryArgumentError, match="the query needs input sample:"):
+        lmql_lite.run('"{sample}[X]" where X in ["a"]\n', model=FakeModel())
