@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import cache
 from .constraints import automata
-from .models import cache
 
 MAX_CACHED_STATES = 2048  # per automaton: the token walks kept for reuse
 
