@@ -112,18 +112,16 @@ def decoder_options(program: compiler.Program, inputs: dict[str, Any], **overrid
     anywhere select `sample`. An option the chosen decoder does not take is an error.
     """
     decoder = program.query.decoder
+    checker.first_problem(program, inputs)  # `lmql-lite check`'s rules, before any model loads
     fields: dict[str, Any] = {}
     if decoder is not None:
-        problems = checker.check_decoder(program, decoder)  # the same rules as `lmql-lite check`
-        if problems:
-            raise problems[0]
         fields["name"] = decoder.name
         values = [_evaluate(program, e, inputs) for e in decoder.args]
         if values:
             fields["n"] = values[0]
         for key, expr in decoder.kwargs:
             if key in IGNORED_OPTIONS:
-                continue
+                continue  # LMQL's API-batching, logging and caching options mean nothing for a local model
             fields[key] = _evaluate(program, expr, inputs)
     given = {k: v for k, v in overrides.items() if v is not None and k not in IGNORED_KEYWORDS}
     if "decoder" in given:
