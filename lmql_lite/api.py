@@ -96,12 +96,13 @@ def _read(source_or_path: str, filename: str | None) -> tuple[str, str]:
 
 
 def query_text(text: str) -> str:
-    """A query written inside Python as LMQL's docs write it: an optional first line `lmql`, indented as a whole."""
+    """A query written inside Python as LMQL's docs write it: an optional first line `lmql` is
+    blanked (so lines keep their numbers); indentation is the parser's to handle."""
     lines = text.splitlines()
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
     if first is not None and lines[first].strip() == "lmql":
-        lines = lines[first + 1:]
-    out = textwrap.dedent("\n".join(lines))
+        lines[first] = ""
+    out = "\n".join(lines)
     return out if out.endswith("\n") else out + "\n"
 
 
