@@ -260,7 +260,7 @@ def _bind(program: compiler.Program, args: tuple, kwargs: dict[str, Any], what: 
                                  file=program.filename)
     bound = dict(zip(names, args))
     options: dict[str, Any] = {}
-    readable = set(names) | set(program.inputs)
+    readable = set(names) | set(program.inputs) | _clause_names(program)
     for key, value in kwargs.items():
         if key in bound:
             raise QueryArgumentError(f"{what} got two values for {key}", file=program.filename)
@@ -277,6 +277,22 @@ def _bind(program: compiler.Program, args: tuple, kwargs: dict[str, Any], what: 
                    f" (inputs: {', '.join(sorted(readable)) or 'none'}; options: {', '.join(sorted(DECODER_KEYWORDS))})"),
                 file=program.filename)
     return bound, options
+
+
+def _clause_names(program: compiler.Program) -> set[str]:
+    """Names the decoder clause and the `from` clause read (`argmax(n=n)`, `from m`): inputs too."""
+    query = program.query
+    exprs = [query.model] if query.model is not None else []
+    if query.decoder is not None:
+        exprs += list(query.decoder.args) + [e for _, e in query.decoder.kwargs]
+    names: set[str] = set()
+    for expr in exprs:
+        try:
+            tree = ast.parse(expr.source.strip(), mode="eval")
+        except SyntaxError:
+            continue
+        names |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    return names - {"lmql", "lmql_lite"}
 
 
 def input_order(program: compiler.Program) -> list[str]:

@@ -823,7 +823,8 @@ from
     m
 where
     STOPS_AT(WHO, "\\n") and len(TOKENS(WHO)) < 10
-''', m=RANDOM), lambda r: ntok(r, "WHO") < 10 and r.variables["WHO"].count("\n") <= 1, xfail=SYNTAX),
+''', m=RANDOM), lambda r: ntok(r, "WHO") < 10 and r.variables["WHO"].count("\n") <= 1,
+         xfail="`import lmql` in a query looks for the real lmql package; queries see `lmql` as lmql_lite without it"),
     # docs/docs/language/reference.md
     Case("ref_two_prompts", "syntax", text('"Hello [WHO]"\n"Goodbye [WHO]"\n', model=RANDOM, max_len=256),
          lambda r: r.prompt.startswith("Hello ") and "Goodbye " in r.prompt, xfail=ENDS),
