@@ -195,15 +195,19 @@ class Branch:
 
     def _runtime_error(self, e: Exception) -> LmqlError:
         programs = {f.program.filename: f.program for f in self.frames}
-        line = None
+        line = column = None
         for tb in traceback.extract_tb(e.__traceback__):
             if tb.filename in programs:
                 line, program = tb.lineno, programs[tb.filename]
+                column = tb.colno + 1 if getattr(tb, "colno", None) is not None else None
         message = f"{type(e).__name__}: {e}"
         if line is None:
             return QueryRuntimeError(message)
-        return QueryRuntimeError(message, file=program.filename, line=line, column=1,
-                                 source_line=program.source_line(line))
+        text = program.source_line(line)
+        if column is None and text is not None:  # Python < 3.11: the statement's first column
+            column = len(text) - len(text.lstrip()) + 1
+        return QueryRuntimeError(message, file=program.filename, line=line, column=column,
+                                 source_line=text)
 
     # ---- prompt text and tokens --------------------------------------------------------
 

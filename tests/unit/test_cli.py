@@ -27,9 +27,10 @@ def test_json_output_is_one_document(tmp_path, capsys):
     code = cli.main(["run", write(tmp_path, CHOICE), "--arg", "country=France", "--json"])
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
-    assert set(doc) == {"prompt", "variables", "distribution", "value"}
+    assert set(doc) == {"prompt", "variables", "distribution", "value", "logprobs", "logprob"}
     assert doc["value"] in ("ab", "cd") and doc["prompt"].startswith("Capital of France:")
     assert doc["distribution"] is None
+    assert set(doc["logprobs"]) == {"A"} and doc["logprobs"]["A"] <= 0 and doc["logprob"] == doc["logprobs"]["A"]
 
 
 def test_streaming_prints_the_prompt(tmp_path, capsys):
@@ -108,7 +109,7 @@ def test_inputs_output_and_resume(tmp_path, capsys):
 
 def test_quiet_prints_only_the_value(tmp_path, capsys):
     assert cli.main(["run", write(tmp_path, CHOICE), "--arg", "country=x", "--quiet"]) == 0
-    assert capsys.readouterr().out.strip() in ("ab", "cd")
+    assert json.loads(capsys.readouterr().out) in ("ab", "cd")  # the value as JSON
 
 
 def test_trace_table(tmp_path, capsys):
