@@ -334,17 +334,20 @@ def _run(args) -> int:
 
 def _show_partial(args, printer: _Printer, error: LmqlError) -> None:
     """What the rows had decoded when the run stopped: streamed already, or printed now."""
+    decoded = getattr(error, "decoded", None) or [printer.text(r) for r in sorted(printer.texts)]
     if printer.show:
+        streamed = printer.text(0)
+        if decoded and decoded[0].startswith(streamed):  # the hole being decoded, as far as it got
+            printer(0, decoded[0][len(streamed):], "value")
         _Printer.end_line()
         return
-    rows = sorted(printer.texts)
     if args.json:
-        docs = [{"prompt": printer.text(r), "error": _error_doc(error)} for r in rows] or [{"error": _error_doc(error)}]
+        docs = [{"prompt": text, "error": _error_doc(error)} for text in decoded] or [{"error": _error_doc(error)}]
         print(_dumps(docs[0] if len(docs) == 1 else docs, indent=2))
     elif not args.quiet:
-        for r in rows:
-            print(f"--- result {r + 1}, stopped (decoded so far) ---")
-            print(_visible(printer.text(r)))
+        for r, text in enumerate(decoded, 1):
+            print(f"--- result {r} of {len(decoded)}, stopped (decoded so far) ---")
+            print(_visible(text))
 
 
 def _show(args, result, streamed: bool) -> None:

@@ -94,7 +94,9 @@ class Deadline:
             return False
         if error is not None and error.deadline is not self and error.deadline._armed:
             return False  # an outer deadline fired: let it reach its own block
-        raise QueryTimeoutError(self.message) from None
+        timeout = QueryTimeoutError(self.message)
+        timeout.decoded = getattr(error, "decoded", None)  # per row, the text so far (set by the interpreter)
+        raise timeout from error  # where it fired: shown with --debug
 
     def _disarm(self) -> None:
         self._armed = False

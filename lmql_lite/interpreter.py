@@ -25,6 +25,7 @@ import torch
 from . import decoders, runtime
 from .compiler import DECODERS
 from .constraints import compile_guide, terms
+from .deadline import Expired
 from .decoders import DecoderOptions
 from .errors import ConstraintError, LmqlError, QueryArgumentError, QueryRuntimeError
 from .index import TokenIndex
@@ -473,6 +474,15 @@ class Branch:
         self.frames[-1].variables[hole.name] = best
         self._resume_value = best
 
+    def decoded(self) -> str:
+        """The prompt so far, with the hole being decoded as far as it got (for a run that stops early)."""
+        text = "".join(self.prompt)
+        if self.guide is None:
+            return text
+        vocab = self.runner.model.vocabulary.tokens
+        hole = b"".join(vocab[t] for t in self.tokens[self.hole_start:])
+        return text + hole.removeprefix(self.heal_prefix).decode("utf-8", errors="replace")
+
     def result(self) -> Result:
         return Result(prompt="".join(self.prompt), variables=dict(self.variables),
                       value=self.value, distribution=self.distribution,
@@ -516,12 +526,16 @@ class Runner:
         self.branches = []
         for row, (start, program) in enumerate(starts):
             self.branches.append(Branch(self, start, program, row))
-        if self.options.name == "beam":
-            return self._run_beam()
-        while active := self._settle():
-            logits = self._forward(active)
-            for b in active:
-                b.choose(logits[b.row], self.generator if self.options.name == "sample" else None)
+        try:
+            if self.options.name == "beam":
+                return self._run_beam()
+            while active := self._settle():
+                logits = self._forward(active)
+                for b in active:
+                    b.choose(logits[b.row], self.generator if self.options.name == "sample" else None)
+        except (Expired, KeyboardInterrupt) as stop:  # a timeout or Ctrl-C: keep what each row had decoded
+            stop.decoded = [b.decoded() for b in self.branches]
+            raise
         return [b.result() for b in self.branches]
 
     def _settle(self) -> list[Branch]:

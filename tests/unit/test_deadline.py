@@ -1,4 +1,5 @@
 """Time limits that hold: through `except Exception` (the query's and ours), in threads, nested, in the API and the CLI."""
+import json
 import signal
 import subprocess
 import sys
@@ -124,7 +125,6 @@ def test_cli_json_timeout_prints_what_was_decoded(tmp_path, capsys):
     path = tmp_path / "q.lmq"
     path.write_text('"Hello [A]" where A in ["ab"]\nwhile True:\n    pass\n')
     assert cli.main(["run", str(path), "--timeout", "0.5", "--json"]) == 7
-    import json
     doc = json.loads(capsys.readouterr().out)
     assert doc["prompt"] == "Hello ab" and doc["error"]["type"] == "QueryTimeoutError"
 
@@ -135,6 +135,24 @@ def test_cli_streaming_timeout_keeps_the_streamed_text(tmp_path, capsys):
     assert cli.main(["run", str(path), "--timeout", "0.5"]) == 7
     captured = capsys.readouterr()
     assert captured.out == "Hello ab\n" and "--timeout" in captured.err
+
+
+@pytest.mark.parametrize("json_output", [False, True])
+def test_cli_timeout_in_a_hole_shows_its_text_so_far(tmp_path, capsys, monkeypatch, json_output):
+    from lmql_lite.models import fake
+    path = tmp_path / "q.lmq"
+    path.write_text('argmax(max_len=4000)\n"Hello [A]" where len(TOKENS(A)) < 3000\n')
+    api.load(str(path))  # parsing is not what this test times
+    step = fake.FakeBatch.step
+
+    def slow_step(self, *args, **kwargs):
+        time.sleep(0.02)
+        return step(self, *args, **kwargs)
+    monkeypatch.setattr(fake.FakeBatch, "step", slow_step)
+    assert cli.main(["run", str(path), "--timeout", "1"] + (["--json"] if json_output else [])) == 7
+    out = capsys.readouterr().out
+    text = json.loads(out)["prompt"] if json_output else out
+    assert text.startswith("Hello ") and len(text.strip()) > len("Hello ") + 3
 
 
 def test_a_query_that_catches_even_the_timeout_is_ended(tmp_path):
