@@ -41,3 +41,19 @@ def test_a_long_hole_stops_within_a_forward_pass_of_the_timeout(default_model, t
     assert late < 3, f"stopped {late:.2f} s after the deadline"  # a forward pass, even on a busy machine
     assert captured.out.startswith(prompt) and captured.out.endswith("\n")
     assert "--timeout 6 s" in captured.err
+
+
+def test_a_timeout_while_loading_never_rebuilds_the_cache(default_model, monkeypatch):
+    from lmql_lite.models import cache, transformers as engine
+    rebuilt = []
+    monkeypatch.setattr(cache, "build", lambda *args: rebuilt.append(args))
+    load = engine.AutoModelForCausalLM.from_pretrained
+
+    def slow_load(*args, **kwargs):
+        time.sleep(5)  # the alarm interrupts loading the weights
+        return load(*args, **kwargs)
+    monkeypatch.setattr(engine.AutoModelForCausalLM, "from_pretrained", slow_load)
+    with pytest.raises(QueryTimeoutError):
+        with Deadline(0.5):
+            engine.load_model(None)
+    assert rebuilt == []  # a timeout is not a damaged cache
