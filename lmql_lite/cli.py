@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -24,6 +25,8 @@ from . import __version__
 from .errors import LmqlError, QueryArgumentError, QueryTimeoutError
 
 INTERNAL_ERROR, INTERRUPTED, TERMINATED, ROWS_FAILED = 70, 130, 143, 8
+# Writing stdout (or a cache) failed for a reason of the user's machine, not of ours.
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
 TIMED_OUT = QueryTimeoutError.exit_code
 
 
@@ -67,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             _silence_stdout()
             return 0
         except Exception as e:  # a bug of ours: say so plainly, show the traceback only on request
+            if isinstance(e, OSError) and e.errno in _DISK_ERRORS:  # stdout on a full disk: not a bug
+                _silence_stdout()
+                print(f"error: cannot write the output: {e.strerror}", file=sys.stderr)
+                return LmqlError.exit_code
             if debug:
                 traceback.print_exc()
             else:

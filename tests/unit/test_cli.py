@@ -215,3 +215,17 @@ def test_library_log_noise_is_silenced_unless_debug(tmp_path, capsys, caplog, mo
     assert "Retrying" not in capsys.readouterr().err and "Retrying" not in caplog.text
     assert cli.main(["run", path, "--arg", "country=x", "--debug"]) == 0
     assert "Retrying" in caplog.text
+
+
+def test_stdout_on_a_full_disk_is_reported_plainly(tmp_path, capsys):
+    import subprocess
+    import sys
+    if not __import__("os").path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    path = write(tmp_path, 'return "x" * 100000\n')  # no hole: no model needed
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "lmql_lite", "run", path, "--json"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "No space left on device" in done.stderr and "internal error" not in done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
