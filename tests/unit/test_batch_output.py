@@ -213,3 +213,25 @@ def test_timeout_in_a_batch_keeps_the_finished_rows(files, capsys, monkeypatch):
     monkeypatch.setattr(api, "run_batch", real_run_batch)
     assert run(query, rows, out, "--resume") == 0
     assert sorted(indices(out)) == [0, 1, 2, 3, 4]
+
+
+def test_progress_on_a_terminal_shows_rows_rate_and_time_left(files, capsys, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    query, rows, out = files
+    out.write_text("")
+    assert run(query, rows, out, "--batch-size", "1") == 0
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:2]) + "\n")
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert run(query, rows, out, "--resume") == 0
+    shown = terminal.getvalue()
+    assert "2 rows already done, 3 to go" in shown
+    assert "5/5" in shown and ("row/s" in shown or "s/row" in shown)  # rows done, rate
+    assert "<00:00" in shown  # time left
+    assert capsys.readouterr().out == ""
