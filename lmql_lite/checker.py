@@ -4,7 +4,7 @@ from __future__ import annotations
 import ast
 import difflib
 
-from . import compiler, nodes
+from . import compiler, nodes, options
 from .constraints import terms
 from .errors import ConstraintError, LmqlError, QueryArgumentError
 
@@ -28,16 +28,16 @@ def _error(cls, program: compiler.Program, message: str, line: int, column: int)
 
 
 def check_decoder(program: compiler.Program, decoder: nodes.Decoder) -> list[LmqlError]:
-    name = compiler.DECODER_ALIASES.get(decoder.name, decoder.name)
-    if name not in compiler.DECODERS:
-        hint = difflib.get_close_matches(decoder.name, list(compiler.DECODERS) + list(compiler.DECODER_ALIASES), 1)
+    row = options.decoder(decoder.name)
+    if row is None:
+        hint = difflib.get_close_matches(decoder.name, sorted(options.NAMES), 1)
         message = f"unknown decoder '{decoder.name}'" + (f"; did you mean '{hint[0]}'?" if hint else
-                                                        f" (known: {', '.join(compiler.DECODERS)})")
+                                                        f" (known: {', '.join(d.name for d in options.DECODERS)})")
         return [_error(QueryArgumentError, program, message, decoder.pos.line, decoder.pos.column)]
-    known = compiler.DECODERS[name] | compiler.SHARED_OPTIONS
+    known = row.options | options.SHARED_OPTIONS
     problems = []
-    if decoder.args and name == "argmax":
-        problems.append(_error(QueryArgumentError, program, "argmax takes no positional argument",
+    if decoder.args and not row.positional_n:
+        problems.append(_error(QueryArgumentError, program, f"{row.name} takes no positional argument",
                                decoder.pos.line, decoder.pos.column))
     for key, expr in decoder.kwargs:
         if key not in known:
@@ -83,3 +83,27 @@ def _unknown_hole(program: compiler.Program, var: ast.Name, holes: set[str]) -> 
     listed = ", ".join(sorted(holes)) or "none"
     return _error(ConstraintError, program, f"constraint on {var.id}, but the query has no hole [{var.id}] "
                   f"(holes: {listed})", var.lineno, var.col_offset + 1)
+
+
+def check_inputs(program: compiler.Program, inputs: dict) -> None:
+    """Every input the query reads is given; a QueryArgumentError names the missing ones."""
+    missing = [n for n in program.inputs if n not in inputs]
+    decoder = program.query.decoder is None and _misspelt_decoder(missing)
+    if decoder:
+        raise QueryArgumentError(f"'{decoder[0]}' is not a decoder; did you mean '{decoder[1]}'?",
+                                 file=program.filename, line=1, column=1, source_line=program.source_line(1))
+    if missing:
+        names = ", ".join(missing)
+        raise QueryArgumentError(f"the query needs input{'s' if len(missing) > 1 else ''} {names}: "
+                                 f"pass {' '.join(f'--arg {m}=...' for m in missing)} on the command line "
+                                 f"or {', '.join(f'{m}=...' for m in missing)} in Python",
+                                 file=program.filename)
+
+
+def _misspelt_decoder(names: list[str]) -> tuple[str, str] | None:
+    """(name, decoder) when a would-be input is a misspelt decoder line such as `sampel(n=2)`."""
+    for name in names:
+        close = difflib.get_close_matches(name, [d.name for d in options.DECODERS], 1, cutoff=0.75)
+        if close:
+            return name, close[0]
+    return None

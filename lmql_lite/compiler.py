@@ -21,15 +21,6 @@ from . import nodes, runtime
 from .constraints import terms
 from .errors import LmqlSyntaxError
 
-DECODERS = {
-    # name: the options it accepts, besides the shared ones
-    "argmax": frozenset(),
-    "sample": frozenset({"n", "temperature", "top_k", "top_p", "seed"}),
-    "beam": frozenset({"n"}),
-}
-DECODER_ALIASES = {"beam_var": "beam", "var": "beam", "best_k": "beam", "beam_sample": "sample"}
-SHARED_OPTIONS = frozenset({"max_len", "max_tokens", "chunksize", "openai_chunksize", "healing"})
-
 # Names compiled code refers to; a query's own names never start with "__lmql".
 _RT, _C, _RESOLVE, _PROMPT, _FN = "__lmql_rt__", "__lmql_c__", "__lmql_v__", "__lmql_prompt__", "__lmql_query__"
 

@@ -18,13 +18,9 @@ import lark
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
 from lark.indenter import PythonIndenter
 
-from . import nodes
+from . import cache, nodes, options
 from .errors import LmqlError, LmqlSyntaxError
-from .models import cache
 
-# LMQL 0.7's decoders; a first line naming one of them (bare or called, alone or followed by a
-# string) is the decoder clause. Any other first line is Python or a prompt.
-DECODERS = frozenset({"argmax", "sample", "beam", "beam_var", "var", "best_k", "beam_sample"})
 ROLES = frozenset({"system", "user", "assistant"})
 MAX_NESTING = 100  # brackets; CPython's own parser stops at 200
 
@@ -266,12 +262,14 @@ def _end_position(text: str) -> tuple[int, int]:
 # --- the decoder line -----------------------------------------------------------------------
 
 def _has_decoder(text: str) -> bool:
-    """A known decoder name, bare or called, alone on the first line or followed by a string."""
+    """A known decoder name (options.NAMES), bare or called, alone on the first line or followed by a string.
+
+    Any other first line is Python or a prompt."""
     tokens = tokenize.generate_tokens(io.StringIO(text).readline)
     skip = (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.ENCODING)
     try:
         first = next(t for t in tokens if t.type not in skip)
-        if first.type != tokenize.NAME or first.string not in DECODERS:
+        if first.type != tokenize.NAME or first.string not in options.NAMES:
             return False
         after = next(tokens)
         if after.type == tokenize.OP and after.string == "(":

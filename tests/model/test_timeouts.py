@@ -44,7 +44,8 @@ def test_a_long_hole_stops_within_a_forward_pass_of_the_timeout(default_model, t
 
 
 def test_a_timeout_while_loading_never_rebuilds_the_cache(default_model, monkeypatch):
-    from lmql_lite.models import cache, transformers as engine
+    from lmql_lite import cache
+    from lmql_lite.models import transformers as engine
     rebuilt = []
     monkeypatch.setattr(cache, "build", lambda *args: rebuilt.append(args))
     load = engine.AutoModelForCausalLM.from_pretrained
