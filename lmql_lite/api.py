@@ -75,18 +75,16 @@ def _read(source_or_path: str, filename: str | None) -> tuple[str, str]:
 def decoder_options(program: compiler.Program, inputs: dict[str, Any], **overrides: Any) -> DecoderOptions:
     """The decoder clause's options, evaluated with the query's inputs, then `overrides` (None ones ignored)."""
     decoder = program.query.decoder
+    checker.first_problem(program, inputs)  # `lmql-lite check`'s rules, before any model loads
     fields: dict[str, Any] = {}
     if decoder is not None:
-        problems = checker.check_decoder(program, decoder)  # the same rules as `lmql-lite check`
-        if problems:
-            raise problems[0]
         fields["name"] = decoder.name
         values = [_evaluate(program, e, inputs) for e in decoder.args]
         if values:
             fields["n"] = values[0]
         for key, expr in decoder.kwargs:
             if key in IGNORED_OPTIONS:
-                continue
+                continue  # LMQL's API-batching, logging and caching options mean nothing for a local model
             fields[key] = _evaluate(program, expr, inputs)
     fields.update({k: v for k, v in overrides.items() if v is not None})
     try:

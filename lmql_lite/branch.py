@@ -120,6 +120,10 @@ class Branch:
             self.done, self.outcome.value = True, value
             self._emit("", "end")
             return
+        if not frame.program.returns:  # no `return`: a macro (LMQL), its prompt stays and is the hole's value
+            value = self.frames[-1].variables[frame.hole.name] = "".join(self.prompt.pieces[frame.marker[0]:])
+            self._resume_value = value
+            return
         # A nested query's text is replaced by its return value.
         self.prompt.rewind(frame.marker)
         self.frames[-1].variables[frame.hole.name] = value

@@ -323,10 +323,15 @@ def _run(args) -> int:
     try:
         with limit:  # parsing, model loading and decoding all count
             source = _read_source(args.file)
+            batch = _read_rows(args.inputs) if args.inputs else None
+            given = set(inputs).union(*(row for row in batch[1])) if batch else set(inputs)
+            from . import checker, compiler, parser
+            # the static checks come before `api`, which imports torch: such errors take no model load
+            checker.first_problem(compiler.compile_query(parser.parse_cached(source, args.file)), given)
             from . import api
             program = api.load(source, filename=args.file)
-            if args.inputs:
-                return _run_rows(args, program, inputs)
+            if batch is not None:
+                return _run_rows(args, program, inputs, batch)
             options = api.decoder_options(program, inputs, seed=args.seed)
             printer.show = not (args.json or args.quiet) and options.n == 1
             result = api.run_compiled(program, inputs, model=args.model, seed=args.seed, on_text=printer,
@@ -436,11 +441,11 @@ def _print_trace(result) -> None:
 
 # ---- batches ------------------------------------------------------------------------------
 
-def _run_rows(args, program, shared: dict[str, Any]) -> int:
+def _run_rows(args, program, shared: dict[str, Any], batch: tuple[list[int], list[dict[str, Any]]]) -> int:
     from tqdm import tqdm
 
     from . import api
-    lines, rows = _read_rows(args.inputs)
+    lines, rows = batch
     out = _Output(args.output, resume=args.resume, overwrite=args.overwrite, retry=args.retry_errors,
                   rows=len(rows)) if args.output else None
     try:

@@ -23,14 +23,17 @@ class Decoder:
 
 
 DECODERS = (
-    Decoder("argmax"),
+    Decoder("argmax", options=frozenset({"n"}), row_per_result=True),  # as in LMQL, n equal greedy results
     Decoder("sample", aliases=("beam_sample",), options=frozenset({"n", "temperature", "top_k", "top_p", "seed"}),
             positional_n=True, row_per_result=True),
     Decoder("beam", aliases=("beam_var", "var", "best_k"), options=frozenset({"n"}), positional_n=True,
             batches_inputs=False),
 )
-SHARED_OPTIONS = frozenset({"max_len", "max_tokens", "chunksize", "openai_chunksize", "healing"})
-IGNORED_OPTIONS = frozenset({"chunksize", "openai_chunksize"})  # LMQL's API batching: nothing to do locally
+# LMQL's runtime options for API batching, logging and caching: accepted, nothing to do locally
+IGNORED_OPTIONS = frozenset({"chunksize", "openai_chunksize", "openai_nonstop", "chunk_timeout", "verbose", "cache"})
+SHARED_OPTIONS = frozenset({"max_len", "max_tokens", "healing"}) | IGNORED_OPTIONS
+# LMQL's options that change scores, which lmql_lite does not implement: refused, not ignored
+UNSUPPORTED_OPTIONS = frozenset({"repetition_penalty", "frequency_penalty", "presence_penalty"})
 
 _BY_NAME = {spelling: d for d in DECODERS for spelling in (d.name, *d.aliases)}
 NAMES = frozenset(_BY_NAME)  # every spelling a decoder clause may use
@@ -44,7 +47,7 @@ def decoder(name: str) -> Decoder | None:
 @dataclass(frozen=True)
 class DecoderOptions:
     name: str = "argmax"              # a decoder's name (see DECODERS)
-    n: int = 1                        # results (sample, beam)
+    n: int = 1                        # results (argmax: n equal ones, sample, beam)
     temperature: float = 1.0          # sample: logits are divided by it
     top_k: int | None = None          # sample: keep the k most likely allowed tokens
     top_p: float | None = None        # sample: keep the smallest set with this much probability

@@ -117,13 +117,20 @@ def test_sample_n_shares_the_prompt_and_gives_n_results():
     assert len(results) == 5 and all(r.variables["A"] in ("ab", "cd") for r in results)
 
 
+def test_argmax_n_gives_n_equal_results_as_in_lmql():
+    results = lmql_lite.run('argmax(n=3, verbose=True)\n"Pick[A]" where A in [" ab", " cd"]\n', model=FakeModel())
+    single = lmql_lite.run('argmax\n"Pick[A]" where A in [" ab", " cd"]\n', model=FakeModel())
+    assert [r.variables for r in results] == [single.variables] * 3
+
+
 @pytest.mark.parametrize("bad, message", [
     ("sample(n=0)", "n must be at least 1"),
     ("sample(temperature=0)", "temperature must be positive"),
     ("sample(top_p=1.5)", "top_p"),
     ("argmax(max_len=0)", "max_len"),
     ("sample(bogus=1)", "unknown option 'bogus' for sample"),
-    ("argmax(n=2)", "unknown option 'n' for argmax"),  # the rules `lmql-lite check` applies
+    ("argmax(temperature=0.5)", "unknown option 'temperature' for argmax"),  # the rules `lmql-lite check` applies
+    ("argmax(repetition_penalty=1.2)", "LMQL's option 'repetition_penalty' is not supported"),
     ("beam(temperature=0.5)", "unknown option 'temperature' for beam"),
     ("argmax(3)", "argmax takes no positional argument"),
 ])

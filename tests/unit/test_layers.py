@@ -40,8 +40,11 @@ def test_queries_decode_on_the_fake_model_without_torch():
 
 
 def test_check_imports_neither_torch_nor_numpy(tmp_path):
-    query = tmp_path / "q.lmq"
-    query.write_text('sample(n=2)\n"Q: [X]" where len(TOKENS(X)) < 3 and X in ["a", "b"]\n')
-    code = (f"import sys\nfrom lmql_lite import cli\nassert cli.main(['check', {str(query)!r}]) == 0\n"
-            "print('torch' in sys.modules, 'numpy' in sys.modules)")
-    assert run_python(code).splitlines()[-1] == "False False"
+    """No torch ever; numpy only to compile a hole's constraint (contradictions, regexes: the automata run uses)."""
+    plain, constrained = tmp_path / "plain.lmq", tmp_path / "constrained.lmq"
+    plain.write_text('sample(n=2)\nx = 3\n"Q: {x} [X]"\n')
+    constrained.write_text('sample(n=2)\n"Q: [X]" where len(TOKENS(X)) < 3 and X in ["a", "b"]\n')
+    for query, numpy in ((plain, False), (constrained, True)):
+        code = (f"import sys\nfrom lmql_lite import cli\nassert cli.main(['check', {str(query)!r}]) == 0\n"
+                "print('torch' in sys.modules, 'numpy' in sys.modules)")
+        assert run_python(code).splitlines()[-1] == f"False {numpy}"
