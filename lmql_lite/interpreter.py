@@ -19,6 +19,7 @@ import numpy as np
 
 from . import decoders
 from .branch import Branch
+from .deadline import Expired
 from .decoders import Choice
 from .errors import QueryArgumentError
 from .index import TokenIndex
@@ -59,15 +60,19 @@ class Runner:
             raise QueryArgumentError(f"{self.options.name} decoding runs one input at a time")
         self._batch = None
         self.branches = [Branch(self, start, program, row) for row, (start, program) in enumerate(starts)]
-        while active := self._settle():
-            logits = self._forward(active)                       # (rows, vocab) float32
-            t0 = time.perf_counter()
-            rows = [b.decode_row() for b in self.branches]       # each row's mask (None: complete)
-            choices = self.decoder.step(logits, rows)            # the next rows: (parent_row, token, logprob)
-            spent = (time.perf_counter() - t0) / len(active)
-            for b in active:
-                b.trace.mask_seconds += spent
-            self._apply(choices)                                 # fork/select rows, take the tokens
+        try:
+            while active := self._settle():
+                logits = self._forward(active)                       # (rows, vocab) float32
+                t0 = time.perf_counter()
+                rows = [b.decode_row() for b in self.branches]       # each row's mask (None: complete)
+                choices = self.decoder.step(logits, rows)            # the next rows: (parent_row, token, logprob)
+                spent = (time.perf_counter() - t0) / len(active)
+                for b in active:
+                    b.trace.mask_seconds += spent
+                self._apply(choices)                                 # fork/select rows, take the tokens
+        except (Expired, KeyboardInterrupt) as stop:  # a timeout or Ctrl-C: keep what each row had decoded
+            stop.decoded = [b.decoded() for b in self.branches]
+            raise
         return self.decoder.rank([b.result() for b in self.branches])
 
     def _settle(self) -> list[Branch]:

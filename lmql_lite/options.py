@@ -76,7 +76,7 @@ class DecoderOptions:
 
 
 MAX_N = 1024  # results of one query: each is a row of the model's batch (its logits, its cache)
-MAX_SEED = 2 ** 64 - 1  # torch's generator takes a 64-bit seed
+MAX_SEED = 2 ** 64 - 1  # seeds are 64-bit (numpy.random.Generator would take larger ones too)
 
 
 def check_options(o: DecoderOptions) -> None:

@@ -137,3 +137,18 @@ def test_argmax_n_gives_n_equal_results_as_in_lmql():
 def test_bad_decoder_options_are_argument_errors(bad, message):
     with pytest.raises(lmql_lite.QueryArgumentError, match=message):
         lmql_lite.run(f'{bad}\n"[A]" where A in ["ab"]\n', model=FakeModel())
+
+
+def test_decoders_are_steps_over_rows():
+    logits = np.array([[0.0, 3.0, 1.0, 2.0], [5.0, 0.0, 4.0, 1.0]], dtype=np.float32)
+    everything, no_first = Mask(np.ones(4, bool)), Mask(np.array([False, True, True, True]))
+    rows = [decoders.Row(0, no_first, spell=lambda t: ("a", t)), decoders.Row(1, None, -0.5, lambda t: ("b", t))]
+    # argmax: one choice per row, in order; a complete row goes on as it is
+    argmax = decoders.for_options(DecoderOptions()).step(logits, rows)
+    assert [(c.row, c.token, c.allowed) for c in argmax] == [(0, 1, 3), (1, None, 0)]
+    assert argmax[0].logprob == pytest.approx(math.log(softmax([3.0, 1.0, 2.0])[0]))
+    # beam: the n best over all rows; continuations that spell the same text count once
+    beam = decoders.for_options(DecoderOptions(name="beam", n=3))
+    spell_same = [decoders.Row(0, everything, spell=lambda t: "x" if t in (1, 3) else t)]
+    assert [c.token for c in beam.step(logits, spell_same)] == [1, 2]  # each row offers its n best: 1, 3, 2
+    assert [(c.row, c.token) for c in beam.step(logits, rows)] == [(0, 1), (1, None), (0, 3)]  # -0.41, -0.5, -1.41
