@@ -128,13 +128,18 @@ class Runner:
             if choice.token is not None:
                 b.take(choice)
 
+    SCORE_CHUNK = 32  # candidates per batched pass: memory is that of 32 extra rows, however long the list
+
     def score(self, branch: Branch, candidates: list[list[int]]) -> list[float]:
-        """Total log-probability of each candidate continuing `branch`'s prompt (`distribution`)."""
+        """Total log-probability of each candidate continuing `branch`'s prompt (`distribution`), SCORE_CHUNK at a time."""
         self._forward([branch], masked=False)  # the row holds its whole prompt, and its logits
-        scores = self.batch.score(branch.row, candidates)
-        branch.trace.forward_passes += 1
-        branch.trace.tokens_fed += sum(len(c) for c in candidates)
-        return [float(s.sum()) for s in scores]
+        totals = []
+        for at in range(0, len(candidates), self.SCORE_CHUNK):
+            chunk = candidates[at:at + self.SCORE_CHUNK]
+            totals += [float(s.sum()) for s in self.batch.score(branch.row, chunk)]
+            branch.trace.forward_passes += 1
+            branch.trace.tokens_fed += sum(len(c) for c in chunk)
+        return totals
 
 
 def run_program(program, model, index: TokenIndex, options: DecoderOptions,

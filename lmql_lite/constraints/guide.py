@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConstraintError
+from ..errors import ConstraintBudgetError, ConstraintError
 from ..index import TokenIndex
 from . import automata, grammar, holes, terms
 from .base import Guide, Mask
@@ -27,7 +27,20 @@ _OPS = {"<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.n
 
 
 def compile_guide(term: Any, var: str, index: TokenIndex, hole_type: Any = None) -> Guide:
-    """A guide for hole `var` under `term` (None/True: unconstrained); ConstraintError if it can never be satisfied."""
+    """A guide for hole `var` under `term` (None/True: unconstrained); ConstraintError if it can never be satisfied.
+
+    Compiling it, the token search included, is bounded by the budgets of `automata.budget()`.
+    """
+    try:
+        with automata.budget():
+            return _compile_guide(term, var, index, hole_type)
+    except ConstraintBudgetError as e:
+        if e.message.startswith(f"{var}: "):
+            raise
+        raise ConstraintBudgetError(f"{var}: {e.message}") from None
+
+
+def _compile_guide(term: Any, var: str, index: TokenIndex, hole_type: Any) -> Guide:
     recursive = _recursive_grammar(term)
     if recursive is not None:
         return _grammar_guide(recursive, term, var, index, hole_type)
