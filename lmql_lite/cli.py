@@ -23,6 +23,7 @@ from typing import Any
 
 from . import __version__
 from .errors import LmqlError, QueryArgumentError, QueryTimeoutError
+from .options import MAX_SEED
 
 INTERNAL_ERROR, INTERRUPTED, TERMINATED, ROWS_FAILED = 70, 130, 143, 8
 # Writing stdout (or a cache) failed for a reason of the user's machine, not of ours.
@@ -235,6 +236,8 @@ def _parse_args(pairs: list[str]) -> dict[str, Any]:
 
 
 def _check_options(args) -> None:
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        raise QueryArgumentError(f"--seed must be from 0 to 2**64-1, got {args.seed}")
     if args.batch_size < 1:
         raise QueryArgumentError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.timeout is not None:

@@ -94,7 +94,10 @@ def test_random_kills_lose_and_duplicate_no_row(tmp_path):
                 continue  # it finished first
             sig = rng.choice(SIGNALS)
             os.kill(pid, sig)
-            assert runs.wait() in (-signal.SIGKILL, 130, 143)
+            code = runs.wait()
+            if code == 8:
+                continue  # it finished between the wait and the signal (a loaded machine)
+            assert code in (-signal.SIGKILL, 130, 143)
             kills += 1
             by_signal[sig] += 1
         assert kills == KILLS and all(by_signal.values())
