@@ -183,8 +183,9 @@ def _run(args) -> int:
             _print_distribution(r)
         if r.value is not None and not args.quiet:
             print(f"→ {r.value!r}")
-        for note in r.trace.notes:
-            print(f"note: {note}", file=sys.stderr)
+        for note in r.trace.notes:  # a value cut by a budget or max_len, dim after the value
+            note = f"note: {note}"
+            print(f"\x1b[2m{note}\x1b[0m" if _use_color(args) else note, file=sys.stderr)
         if args.trace:
             _print_trace(r)
     return 0

@@ -73,6 +73,29 @@ def masked(logits: torch.Tensor, allowed: np.ndarray) -> np.ndarray:
     return logits.numpy() + mask_bias(allowed)
 
 
+def with_end(scores: np.ndarray, logits: np.ndarray, allowed: np.ndarray, eos_ids: np.ndarray,
+             after_text: np.ndarray) -> int | None:
+    """Where a value may end but also go on: its end stands for every token it cannot go on with.
+
+    The first end-of-sequence id of `scores` (masked logits, changed in place) gets the
+    log-sum-exp of the logits of the end ids and of every token the mask refuses that could
+    follow some complete text (`after_text`: not a special token, not a UTF-8 continuation
+    byte), the others -inf: the model's whole probability of leaving the value here. Returns
+    the token the model itself likes best among those (for the trace), or None when ending is
+    no choice here.
+    """
+    ends = eos_ids[allowed[eos_ids]]
+    if not len(ends) or int(allowed.sum()) == len(ends):
+        return None
+    leave = after_text & ~allowed
+    leave[ends] = True
+    out = logits[leave]
+    top = out.max()
+    scores[ends] = -np.inf
+    scores[ends[0]] = top + np.log(np.exp(out - top).sum()) if np.isfinite(top) else top
+    return int(np.flatnonzero(leave)[np.argmax(out)])
+
+
 def pick_argmax(scores: np.ndarray) -> int:
     return int(np.argmax(scores))
 

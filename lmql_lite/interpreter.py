@@ -25,6 +25,7 @@ import torch
 from . import decoders, runtime
 from .compiler import DECODERS
 from .constraints import compile_guide, terms
+from .constraints.guide import DEFAULT_HOLE_TOKENS
 from .decoders import DecoderOptions
 from .errors import ConstraintError, LmqlError, QueryArgumentError, QueryRuntimeError
 from .index import TokenIndex
@@ -43,6 +44,17 @@ class TokenRecord:
 
 
 @dataclass
+class HoleEnd:
+    """Why a hole's value ended, for the trace and `--json` (docs/language.md, "Where a value ends")."""
+    variable: str
+    reason: str    # end, following text, not a continuation, stop, complete, budget, default bound, max_len, max_tokens
+    message: str
+
+
+_CUT = ("budget", "default bound", "max_len", "max_tokens")  # reasons that cut a value the model might have gone on with
+
+
+@dataclass
 class Trace:
     forward_passes: int = 0    # passes this result's row took part in
     tokens_fed: int = 0        # tokens that went through the model for this result
@@ -52,6 +64,7 @@ class Trace:
     mask_seconds: float = 0.0  # time spent building and applying masks
     notes: list[str] = field(default_factory=list)
     tokens: list[TokenRecord] | None = None
+    ends: list[HoleEnd] = field(default_factory=list)
 
 
 @dataclass
@@ -67,7 +80,10 @@ class Result:
 
     def to_json(self) -> dict:
         return {"prompt": self.prompt, "variables": _jsonable(self.variables),
-                "distribution": self.distribution, "value": _jsonable(self.value)}
+                "distribution": self.distribution, "value": _jsonable(self.value),
+                "ends": [{"variable": e.variable, "reason": e.reason, "message": e.message}
+                         for e in self.trace.ends],
+                "notes": list(self.trace.notes)}
 
 
 def _jsonable(x: Any) -> Any:
@@ -119,6 +135,7 @@ class Branch:
         self.guide = None
         self.hole_start = 0
         self.heal_prefix = b""             # prompt bytes the hole's first token re-spells (healing)
+        self.end_wish: int | None = None   # the model's own pick among the tokens that would end the value
         self.hole_logprob = 0.0
         self.clock = 0.0                   # when the hole's last token was taken (for --trace)
         self.done = False
@@ -278,8 +295,9 @@ class Branch:
                 term = None
             if term is False:
                 raise ConstraintError(f"the constraint on {hole.name} is false before decoding starts")
+            bound = DEFAULT_HOLE_TOKENS if self.runner.options.max_tokens is None else None
             guide = compile_guide(None if term is True else term, hole.name, self.runner.index,
-                                  hole_type=hole.type)
+                                  hole_type=hole.type, bound=bound)
         except LmqlError as e:
             raise self._at_hole(e, hole)
         except Exception as e:
@@ -287,10 +305,9 @@ class Branch:
         self.heal_prefix = b""
         if self.runner.options.healing and self.healable and len(self.tokens) > len(self.runner.model.bos_ids):
             prefix = self.runner.model.vocabulary.tokens[self.tokens[-1]]
-            if prefix:
+            if prefix and guide.heal(prefix):
                 self._truncate(len(self.tokens) - 1)
                 self.trace.prompt_tokens -= 1
-                guide.heal(prefix)
                 self.heal_prefix = prefix
         self.healable = False
         self.hole, self.guide = hole, guide
@@ -313,9 +330,10 @@ class Branch:
         if eos is None or not self.guide.allowed()[eos]:
             raise self._at_hole(ConstraintError(
                 f"{self.hole.name} reached its token budget before its value satisfied the constraint"))
-        self.trace.notes.append(f"{self.hole.name}: ended at the token budget")
+        options = self.runner.options
+        reason = "max_len" if len(self.tokens) >= options.max_len else "max_tokens"
         self.guide.advance(eos)
-        self._finish_hole()
+        self._finish_hole(f"{reason}={getattr(options, reason)}", reason)
 
     def _fast_forward(self) -> bool:
         """Append the text the guide forces, without a forward pass; True if anything was appended.
@@ -361,12 +379,19 @@ class Branch:
         self._take(int(np.flatnonzero(allowed)[0]), 0.0, "forced", 1)
         return True
 
-    def choose(self, logits: torch.Tensor, generator: torch.Generator | None) -> None:
-        """Pick this branch's next token from its logits (vocab,) with the decoder's rule."""
+    def scores(self, logits: torch.Tensor) -> np.ndarray:
+        """The logits (vocab,) under the mask, the value's end standing for every token that leaves it."""
         t0 = time.perf_counter()
         allowed = self.allowed()
         scores = decoders.masked(logits, allowed)
+        self.end_wish = decoders.with_end(scores, logits.numpy(), allowed, self.runner.eos_ids,
+                                          self.runner.after_text)
         self.trace.mask_seconds += time.perf_counter() - t0
+        return scores
+
+    def choose(self, logits: torch.Tensor, generator: torch.Generator | None) -> None:
+        """Pick this branch's next token from its logits (vocab,) with the decoder's rule."""
+        scores = self.scores(logits)
         if self.runner.options.name == "sample":
             tok, logprob = decoders.pick_sample(scores, self.runner.options, generator)
         else:
@@ -387,13 +412,34 @@ class Branch:
             self.trace.generated_tokens += 1
         self.hole_logprob += logprob
         self.logprob += logprob
+        wish, self.end_wish = self.end_wish, None
         if tok not in self.runner.model.vocabulary.eos_ids:
             self.tokens.append(tok)
         self.guide.advance(tok)
         if self.guide.is_finished():
-            self._finish_hole()
+            self._finish_hole(*self._why_ended(wish))
 
-    def _finish_hole(self) -> None:
+    def _why_ended(self, wish: int | None) -> tuple[str, str]:
+        """(message, reason) for a hole its guide has just finished; `wish`: the model's pick when it ended."""
+        guide, vocab = self.guide, self.runner.model.vocabulary
+        how = guide.ended_by
+        if how == "end":
+            if wish is None or wish in vocab.eos_ids:
+                return "the model ended it", "end"
+            text, following = vocab.tokens[wish], self.hole.following.encode()
+            if following and (following.startswith(text) or text.startswith(following)):
+                return f"the model wrote the following text {text.decode(errors='replace')!r}", "following text"
+            return (f"the model's next token {text.decode(errors='replace')!r} cannot continue the value",
+                    "not a continuation")
+        if how == "stop":
+            return "a stop phrase", "stop"
+        if how == "budget" and getattr(guide, "default_bound", False):
+            return f"the default bound of {DEFAULT_HOLE_TOKENS} tokens per hole", "default bound"
+        if how == "budget":
+            return f"its token budget ({guide.tokens_used} tokens)", "budget"
+        return "its constraint allows no longer value", "complete"
+
+    def _finish_hole(self, message: str, reason: str) -> None:
         hole, guide = self.hole, self.guide
         try:
             text, value = guide.text(), guide.value()
@@ -405,6 +451,9 @@ class Branch:
         except Exception as e:
             raise self._runtime_error(e) from e
         self._reconcile(text)
+        self.trace.ends.append(HoleEnd(hole.name, reason, f"ended: {message}"))
+        if reason in _CUT:
+            self.trace.notes.append(f"{hole.name}: ended at {message}")
         self.hole = self.guide = None
         self.prompt.append(text)
         self.runner.emit(self, text, "value")
@@ -487,6 +536,8 @@ class Runner:
         self.on_text = on_text
         self.record_tokens = record_tokens
         self.eos_id = min(model.vocabulary.eos_ids) if model.vocabulary.eos_ids else None
+        self.eos_ids = np.array(sorted(model.vocabulary.eos_ids), np.int64)
+        self.after_text = _after_text(model.vocabulary)
         self._batch = None
         self.branches: list[Branch] = []
 
@@ -553,8 +604,8 @@ class Runner:
     def _few_allowed(self, b: Branch) -> np.ndarray | None:
         """The ids `b`'s mask allows, when they are few (an eighth of the vocabulary at most), else None."""
         allowed = b.allowed()
-        if b.guide.allowed_count > len(allowed) // 8:
-            return None
+        if b.guide.allowed_count > len(allowed) // 8 or allowed[self.eos_ids].any():
+            return None  # many tokens, or the value may end: its end's score needs every logit
         return decoders.allowed_ids(allowed)
 
     def score(self, branch: Branch, candidates: list[list[int]]) -> list[float]:
@@ -582,7 +633,7 @@ class Runner:
                 if not b.needs_logits():
                     candidates.append((b.logprob, b, None, 0.0, 0))
                     continue
-                scores = decoders.masked(logits[b.row], b.allowed())
+                scores = b.scores(logits[b.row])
                 for tok, l in decoders.top_candidates(scores, n):
                     candidates.append((b.logprob + l, b, tok, l, b.guide.allowed_count))
             candidates.sort(key=lambda c: -c[0])
@@ -639,6 +690,13 @@ class Runner:
         if b.guide is not None:
             nb.guide = b.guide.copy()
         return nb
+
+
+@functools.lru_cache(maxsize=8)
+def _after_text(vocab) -> np.ndarray:
+    """(vocab,) bool: the tokens that may follow a complete text (not special, not a UTF-8 continuation byte)."""
+    return np.array([i not in vocab.special_ids and bool(t) and not 0x80 <= t[0] < 0xC0
+                     for i, t in enumerate(vocab.tokens)])
 
 
 def run_program(program, model, index: TokenIndex, options: DecoderOptions,
