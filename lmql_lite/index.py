@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import cache
+from . import cache
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
-"""The Guide: one hole's decoding state — which tokens may come next, the tokens taken, and the value at the end.
+"""The automaton guide: one hole's decoding state — which tokens may come next, the tokens taken, and the value at the end.
 
 Token budgets (`len(TOKENS(X))`) are kept on top of the automaton. A token is allowed only if
 the hole can still end from where it leads with an allowed token count. When every byte is a
 token and the counts form one interval, byte distances decide that exactly (a text of n bytes
 can be spelt in any number of tokens up to n); otherwise (a vocabulary missing single-byte
 tokens, gaps like `!= 3`, both bounds at once) a breadth-first search over the token graph
-decides it (`Guide._can_end`), reusing the cached per-state masks.
+decides it (`AutomatonGuide._can_end`), reusing the cached per-state masks.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import ConstraintError
 from ..index import TokenIndex
 from . import automata, grammar, holes, terms
+from .base import Guide, Mask
 from .holes import HolePlan, atom_language, longest_paths, plan_hole
 
 _OPS = {"<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
@@ -29,7 +30,7 @@ DEFAULT_HOLE_TOKENS = 256  # the bound of a hole whose constraint sets no most t
 
 
 def compile_guide(term: Any, var: str, index: TokenIndex, hole_type: Any = None,
-                  bound: int | None = None) -> "Guide":
+                  bound: int | None = None) -> Guide:
     """A guide for hole `var` under `term` (None/True: unconstrained); ConstraintError if it can never be satisfied.
 
     `bound`: the most tokens of a hole whose constraint gives no upper limit (counted above the
@@ -42,7 +43,7 @@ def compile_guide(term: Any, var: str, index: TokenIndex, hole_type: Any = None,
     by_default = bound is not None and plan.counts.hi == math.inf
     if by_default:
         plan.counts = plan.counts & holes.Counts(((0, plan.counts.intervals[-1][0] + bound),))
-    guide = Guide(plan, index, by_default)
+    guide = AutomatonGuide(plan, index, by_default)
     counts = guide.plan.counts
     hi = counts.hi
     spelt = len(counts.intervals) == 1 and guide._spelt_ok(0, hi, counts.lo)
@@ -94,16 +95,14 @@ def _grammar_guide(atom: Any, term: Any, var: str, index: TokenIndex, hole_type:
     return grammar.GrammarGuide(var, atom.text, index, term, budget, check)
 
 
-class Guide:
-    """Per-hole state: `allowed()` → `advance(token)` until `is_finished()`, then `text()` and `value()`."""
+class AutomatonGuide:
+    """The Guide contract (`constraints.base.Guide`) over a byte automaton and the token index."""
 
     def __init__(self, plan: HolePlan, index: TokenIndex, default_bound: bool = False):
         self.plan, self.index = plan, index
         self.default_bound = default_bound  # the most tokens is DEFAULT_HOLE_TOKENS, not the user's
-        self.automaton = plan.automaton
         self.state = 0
         self.tokens_used = 0
-        self.allowed_count = 0
         self._text = bytearray()
         self._drop = 0           # bytes of a STOPS_BEFORE phrase to drop from the end
         self._finished = False
@@ -111,11 +110,15 @@ class Guide:
         self._prefix = b""       # token healing: the first token must start with these bytes
         ends = [x for lo, hi in plan.counts.intervals for x in (lo, hi + 1) if x != math.inf]
         self._last_boundary = max(ends, default=0)  # from this many tokens on, every count is alike
-        # (state, tokens taken, clamped past the last boundary) -> (mask, allowed count)
+        # (state, tokens taken, clamped past the last boundary) -> Mask
         self._seen = index.cache(self.automaton).setdefault(("masks", plan.counts), {})
         self._spelt_dist, self._spelt_longest = self._spelling()
 
-    def copy(self) -> "Guide":
+    @property
+    def automaton(self):
+        return self.plan.automaton
+
+    def copy(self) -> "AutomatonGuide":
         twin = copy.copy(self)
         twin._text = bytearray(self._text)
         return twin
@@ -131,35 +134,24 @@ class Guide:
         self._prefix = bytes(prefix)
         key = ("healed", self._prefix)
         if key not in self._seen:
-            mask = self._healed()
-            self._seen[key] = (mask, int(mask.sum()))
-        if self._seen[key][1]:
+            self._seen[key] = Mask(self._healed())
+        if self._seen[key].count:
             return True
         self._prefix = b""
         return False
 
-    def allowed(self) -> np.ndarray:
-        """Mask (V,) of the tokens that keep the hole satisfiable; EOS only where the value is complete.
-
-        The array is cached and shared: do not modify it.
-        """
+    def allowed(self) -> Mask:
+        """The tokens that keep the hole satisfiable; EOS only where the value is complete (cached per state)."""
+        if self._finished:
+            return Mask.none(len(self.index))
         if self._prefix:  # healing: the first token, from the start state
             key = ("healed", self._prefix)
         else:
             key = (self.state, min(self.tokens_used, self._last_boundary + 1))
-        hit = None if self._finished else self._seen.get(key)
-        if hit is None:
-            if self._finished:
-                mask = np.zeros(len(self.index), bool)
-            elif self._prefix:
-                mask = self._healed()
-            else:
-                mask = self._mask()
-            hit = (mask, int(mask.sum()))
-            if not self._finished:
-                self._seen[key] = hit
-        mask, self.allowed_count = hit
-        if not self.allowed_count and not self._finished:
+        mask = self._seen.get(key)
+        if mask is None:
+            mask = self._seen[key] = Mask(self._healed() if self._prefix else self._mask())
+        if not mask.count:
             raise ConstraintError(f"no token can continue {self.plan.var} under {self.plan.term} "
                                   f"after {bytes(self._text)!r}")
         return mask

@@ -4,10 +4,10 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 import lmql_lite
 from lmql_lite import decoders
+from lmql_lite.constraints.base import Mask
 from lmql_lite.constraints.guide import DEFAULT_HOLE_TOKENS
 from lmql_lite.models.fake import FakeModel
 
@@ -88,13 +88,11 @@ def test_healing_never_makes_a_satisfiable_hole_impossible():
 
 def test_with_end_merges_every_leaving_token_into_the_end():
     logits = np.array([0.0, 1.0, 2.0, 3.0], np.float32)  # id 0 is end of sequence
-    allowed = np.array([True, True, False, False])
-    scores = decoders.masked(torch.from_numpy(logits), allowed)
-    wish = decoders.with_end(scores, logits, allowed, np.array([0]), np.array([False, True, True, True]))
+    row = logits.copy()
+    wish = decoders.with_end(row, Mask(np.array([True, True, False, False])), np.array([0]),
+                             np.array([False, True, True, True]))
     assert wish == 3
-    assert scores[0] == pytest.approx(np.logaddexp.reduce([0.0, 2.0, 3.0]))
-    assert scores[1] == 1.0 and np.isneginf(scores[2:]).all()
-    everything = np.ones(4, bool)  # free text: the end is end-of-sequence alone, as in LMQL
-    scores = decoders.masked(torch.from_numpy(logits), everything)
-    assert decoders.with_end(scores, logits, everything, np.array([0]), everything) == 0
-    assert (scores == logits).all()
+    assert row[0] == pytest.approx(np.logaddexp.reduce([0.0, 2.0, 3.0])) and (row[1:] == logits[1:]).all()
+    row = logits.copy()  # free text: every token allowed, the end is end-of-sequence alone, as in LMQL
+    assert decoders.with_end(row, Mask(np.ones(4, bool)), np.array([0]), np.ones(4, bool)) == 0
+    assert (row == logits).all()

@@ -1,0 +1,200 @@
+"""The hole being filled: its guide, token healing, budgets, fast-forward, the tokens taken, and its final text and value."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from . import runtime
+from .constraints import compile_guide, terms
+from .constraints.guide import DEFAULT_HOLE_TOKENS
+from .constraints.base import Guide, Mask
+from .errors import ConstraintError, LmqlError
+from .prompt import Prompt
+from .result import CUT, HoleEnd, TokenRecord
+
+
+class Filling:
+    """One hole of one result, from its first token to its value."""
+
+    def __init__(self, hole: runtime.Hole, guide: Guide, prompt: Prompt, runner, program, heal_prefix: bytes):
+        self.hole, self.guide, self.prompt = hole, guide, prompt
+        self.runner = runner               # the model, its vocabulary and the decoder options
+        self.program = program             # the query the hole is in (errors point into it)
+        self.heal_prefix = heal_prefix     # prompt bytes the hole's first token re-spells (healing)
+        self.start = len(prompt.tokens)    # the hole's first token
+        self.logprob = 0.0
+        self.clock = time.perf_counter()   # when the hole's last token was taken (for --trace)
+        self.wish: int | None = None       # the model's own pick among the tokens that would end the value
+        self.cut = ""                      # "max_len" or "max_tokens" when one of them ended the hole
+
+    @classmethod
+    def begin(cls, hole: runtime.Hole, resolve: Callable[[str], Any], prompt: Prompt, runner, program) -> "Filling":
+        """The hole's guide from its constraint (with `resolve` giving the values known now), healing handed to it."""
+        prompt.flush()
+        try:
+            term = hole.where(resolve) if hole.where else None
+            if term is terms.UNKNOWN:
+                term = None
+            if term is False:
+                raise ConstraintError(f"the constraint on {hole.name} is false before decoding starts")
+            bound = DEFAULT_HOLE_TOKENS if runner.options.max_tokens is None else None
+            guide = compile_guide(None if term is True else term, hole.name, runner.index, hole_type=hole.type,
+                                  bound=bound)
+        except LmqlError as e:
+            raise locate(e, hole, program)
+        last = prompt.tokens[-1:]
+        prefix = prompt.take_back() if runner.options.healing else b""
+        prompt.healable = False
+        if prefix and not guide.heal(prefix):  # healing would leave no value: the token goes back
+            prompt.tokens += last
+            prompt.trace.prompt_tokens += 1
+            prefix = b""
+        filling = cls(hole, guide, prompt, runner, program, prefix)
+        if len(prompt.tokens) >= runner.options.max_len:
+            raise filling.locate(ConstraintError(f"max_len={runner.options.max_len} is reached by the "
+                                                 f"prompt before {hole.name} can be decoded"))
+        return filling
+
+    def copy(self, prompt: Prompt) -> "Filling":
+        twin = Filling.__new__(Filling)
+        twin.__dict__.update(self.__dict__, prompt=prompt, guide=self.guide.copy())
+        return twin
+
+    def locate(self, e: LmqlError) -> LmqlError:
+        return locate(e, self.hole, self.program)
+
+    def mask(self) -> Mask:
+        """The guide's mask; a hole that nothing can continue is an error at the hole."""
+        try:
+            return self.guide.allowed()
+        except LmqlError as e:
+            raise self.locate(e)
+
+    def finished(self) -> bool:
+        return self.guide.is_finished()
+
+    def spelt(self, token: int | None) -> bytes:
+        """The hole's bytes so far, and `token`'s after them."""
+        vocab = self.runner.model.vocabulary.tokens
+        return b"".join(vocab[t] for t in self.prompt.tokens[self.start:]) + (vocab[token] if token is not None else b"")
+
+    # ---- what needs no forward pass ----------------------------------------------------
+
+    def budget_spent(self) -> bool:
+        options, used = self.runner.options, len(self.prompt.tokens)
+        if used >= options.max_len:
+            return True
+        return options.max_tokens is not None and used - self.start >= options.max_tokens
+
+    def end_early(self) -> None:
+        """A token budget is spent: end the hole if its text is acceptable, else fail."""
+        eos = self.runner.eos_id
+        if eos is None or not self.mask()[eos]:
+            raise self.locate(ConstraintError(
+                f"{self.hole.name} reached its token budget before its value satisfied the constraint"))
+        options = self.runner.options
+        self.cut = "max_len" if len(self.prompt.tokens) >= options.max_len else "max_tokens"
+        self.guide.advance(eos)
+
+    def fast_forward(self) -> bool:
+        """Append the text the guide forces, without a forward pass; True if anything was appended.
+
+        Unless the forced text completes the hole, its last token is held back: the text that
+        follows may merge with it (a forced " " before "neutral" is better written " neutral").
+        """
+        forced = self.guide.forced()
+        if not forced:
+            return False
+        try:
+            text = forced.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        ids = self.runner.model.encode(text)
+        probe = self.guide.copy()
+        for tok in ids:
+            if not probe.allowed()[tok]:
+                return False  # the tokenizer spells it in a way the guide does not allow
+            probe.advance(tok)
+        if not probe.is_finished():
+            ids = ids[:-1]
+        appended = False
+        for tok in ids:
+            if self.finished() or self.budget_spent():
+                break
+            self.take(tok, 0.0, "forced", 0)
+            appended = True
+        return appended
+
+    def only_choice(self) -> bool:
+        """Take the token when the mask allows exactly one (a healed ':' re-spelt, an end of sequence)."""
+        mask = self.mask()
+        if mask.count != 1:
+            return False
+        self.take(int(mask.ids[0]), 0.0, "forced", 1)
+        return True
+
+    # ---- tokens and the end ------------------------------------------------------------
+
+    def take(self, tok: int, logprob: float, how: str, allowed: int) -> None:
+        """Append one token (chosen by the decoder or forced) to the hole."""
+        trace = self.prompt.trace
+        if trace.tokens is not None:
+            now = time.perf_counter()
+            text = self.runner.model.vocabulary.tokens[tok].decode("utf-8", errors="replace")
+            trace.tokens.append(TokenRecord(self.hole.name, tok, text, allowed, how, logprob, now - self.clock))
+            self.clock = now
+        if how == "forced":
+            trace.forced_tokens += 1
+        else:
+            trace.generated_tokens += 1
+        self.logprob += logprob
+        if how == "forced":
+            self.wish = None
+        if tok not in self.runner.model.vocabulary.eos_ids:
+            self.prompt.tokens.append(tok)
+        self.guide.advance(tok)
+
+    def finish(self) -> tuple[str, Any]:
+        """(text, value) of the finished hole, decorators applied; the row's tokens spell exactly the text."""
+        try:
+            text, value = self.guide.text(), self.guide.value()
+            for fn in reversed(self.hole.decorators):
+                value = fn(value)
+                text = str(value)
+        except LmqlError as e:
+            raise self.locate(e)
+        self.prompt.reconcile(self.start, self.heal_prefix + text.encode())
+        reason, message = self.why_ended()
+        self.prompt.trace.ends.append(HoleEnd(self.hole.name, reason, f"ended: {message}"))
+        if reason in CUT:
+            self.prompt.trace.notes.append(f"{self.hole.name}: ended at {message}")
+        self.prompt.value(text)
+        return text, value
+
+    def why_ended(self) -> tuple[str, str]:
+        """(reason, message) for the finished hole (docs/language.md, "Where a value ends")."""
+        guide, vocab = self.guide, self.runner.model.vocabulary
+        if self.cut:
+            return self.cut, f"{self.cut}={getattr(self.runner.options, self.cut)}"
+        how, wish = guide.ended_by, self.wish
+        if how == "end":
+            if wish is None or wish in vocab.eos_ids:
+                return "end", "the model ended it"
+            text, following = vocab.tokens[wish], self.hole.following.encode()
+            shown = repr(text.decode("utf-8", errors="replace"))
+            if following and (following.startswith(text) or text.startswith(following)):
+                return "following text", f"the model wrote the following text {shown}"
+            return "not a continuation", f"the model's next token {shown} cannot continue the value"
+        if how == "stop":
+            return "stop", "a stop phrase"
+        if how == "budget" and getattr(guide, "default_bound", False):
+            return "default bound", f"the default bound of {DEFAULT_HOLE_TOKENS} tokens per hole"
+        if how == "budget":
+            return "budget", f"its token budget ({guide.tokens_used} tokens)"
+        return "complete", "its constraint allows no longer value"
+
+
+def locate(e: LmqlError, hole: runtime.Hole, program) -> LmqlError:
+    """`e`, positioned at `hole` in `program` when it has no position yet."""
+    return e.locate(file=program.filename, line=hole.line, column=hole.column,
+                    source_line=program.source_line(hole.line))
