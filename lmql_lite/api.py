@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -11,7 +12,8 @@ import textwrap
 from typing import Any, Callable, Iterable, Iterator
 
 from . import checker, compiler, parser
-from .errors import LmqlError, QueryArgumentError
+from .deadline import Deadline
+from .errors import LmqlError, ModelError, QueryArgumentError
 from .index import TokenIndex
 from .interpreter import run_program
 from .options import IGNORED_OPTIONS, DecoderOptions
@@ -135,11 +137,15 @@ def _namespace() -> dict[str, Any]:
 
 
 def run(source_or_path: str, *, model: Any = None, decoder: str | None = None, seed: int | None = None,
-        on_text: Callable[[int, str, str], None] | None = None, trace: bool = False,
+        on_text: Callable[[int, str, str], None] | None = None, trace: bool = False, timeout: float | None = None,
         **inputs: Any) -> Result | list[Result]:
-    """Run a query (text or .lmq path) with `inputs`; one Result, or a list for sample(n>1)/beam."""
-    program = load(source_or_path)
-    return run_compiled(program, inputs, model=model, decoder=decoder, seed=seed, on_text=on_text, trace=trace)
+    """Run a query (text or .lmq path) with `inputs`; one Result, or a list for sample(n>1)/beam.
+
+    `timeout` (seconds) bounds the whole run, model loading included: QueryTimeoutError past it.
+    """
+    with Deadline(timeout, label="timeout") if timeout is not None else contextlib.nullcontext():
+        program = load(source_or_path)
+        return run_compiled(program, inputs, model=model, decoder=decoder, seed=seed, on_text=on_text, trace=trace)
 
 
 def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: Any = None,
@@ -157,32 +163,72 @@ def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: An
 
 
 def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_size: int = 8, model: Any = None,
-              seed: int | None = None, filename: str | None = None) -> Iterator[tuple[int, Result | list[Result]]]:
+              seed: int | None = None, filename: str | None = None, timeout: float | None = None,
+              return_errors: bool = False) -> Iterator[tuple[int, Result | list[Result] | LmqlError]]:
     """Run one query over many inputs, `batch_size` at a time in batched forward passes.
 
     Yields (input index, result) as each batch finishes, so a caller can save results as they come.
+    With `return_errors`, a row that fails (a missing input, a constraint or runtime error) yields
+    its LmqlError in place of a result and the other rows go on; a ModelError still ends the run.
+    `timeout` (seconds) bounds the whole run; only the time spent inside the generator counts.
     """
     program = load(source_or_path, filename)
     rows = list(inputs)
-    if batch_size < 1:
-        raise QueryArgumentError(f"batch_size must be at least 1, got {batch_size}")
-    m = None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise QueryArgumentError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
+    limit = Deadline(timeout, label="timeout") if timeout is not None else None
+    models: dict[str, Any] = {}  # the model, resolved once
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        options = decoder_options(program, chunk[0], seed=seed)
-        if not options.decoder.batches_inputs or options.n > 1:
-            for i, row in enumerate(chunk):
-                yield start + i, run_compiled(program, row, model=model, seed=seed)
-            continue
-        if m is None:
-            m = resolve_model(program, chunk[0], model)
-        token = _current_model.set(m)
+        with limit or contextlib.nullcontext():
+            outcomes = _run_chunk(program, rows[start:start + batch_size], model, seed, models, return_errors)
+        for i, outcome in enumerate(outcomes):
+            yield start + i, outcome
+
+
+def _run_chunk(program, chunk: list[dict[str, Any]], model, seed, models, return_errors: bool) -> list:
+    """The results of rows decoded together; with `return_errors`, a failing row's error in its place."""
+    if not return_errors:
+        return _run_together(program, chunk, model, seed, models)
+    outcomes: list[Any] = [None] * len(chunk)
+    for i, row in enumerate(chunk):  # a missing input fails before decoding: leave that row out
         try:
-            results = run_program(program, m, _index(m), options, _starts(program, chunk))
-        finally:
-            _current_model.reset(token)
-        for i, result in enumerate(results):
-            yield start + i, result
+            checker.check_inputs(program, row)
+        except LmqlError as e:
+            outcomes[i] = e
+    ready = [i for i, o in enumerate(outcomes) if o is None]
+    if not ready:
+        return outcomes
+    try:
+        for i, result in zip(ready, _run_together(program, [chunk[i] for i in ready], model, seed, models)):
+            outcomes[i] = result
+    except ModelError:
+        raise
+    except LmqlError as e:
+        if len(ready) == 1:
+            outcomes[ready[0]] = e
+            return outcomes
+        for i in ready:  # one of the rows failed: run each alone, so only the failing ones fail
+            try:
+                (outcomes[i],) = _run_together(program, [chunk[i]], model, seed, models)
+            except ModelError:
+                raise
+            except LmqlError as e:
+                outcomes[i] = e
+    return outcomes
+
+
+def _run_together(program, chunk: list[dict[str, Any]], model, seed, models) -> list:
+    options = decoder_options(program, chunk[0], seed=seed)
+    if not options.decoder.batches_inputs or options.n > 1:
+        return [run_compiled(program, row, model=model, seed=seed) for row in chunk]
+    if "model" not in models:
+        models["model"] = resolve_model(program, chunk[0], model)
+    m = models["model"]
+    token = _current_model.set(m)
+    try:
+        return run_program(program, m, _index(m), options, _starts(program, chunk))
+    finally:
+        _current_model.reset(token)
 
 
 class QueryFunction:

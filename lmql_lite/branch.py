@@ -133,15 +133,18 @@ class Branch:
     def _runtime_error(self, e: Exception) -> LmqlError:
         """An exception of the query's own Python, positioned at the query line it came from."""
         programs = {f.program.filename: f.program for f in self.frames}
-        line = None
+        line = column = None
         for tb in traceback.extract_tb(e.__traceback__):
             if tb.filename in programs:
                 line, program = tb.lineno, programs[tb.filename]
+                column = tb.colno + 1 if getattr(tb, "colno", None) is not None else None
         message = f"{type(e).__name__}: {e}"
         if line is None:
             return QueryRuntimeError(message)
-        return QueryRuntimeError(message, file=program.filename, line=line, column=1,
-                                 source_line=program.source_line(line))
+        text = program.source_line(line)
+        if column is None and text is not None:  # Python < 3.11: the statement's first column
+            column = len(text) - len(text.lstrip()) + 1
+        return QueryRuntimeError(message, file=program.filename, line=line, column=column, source_line=text)
 
     # ---- holes -------------------------------------------------------------------------
 
@@ -238,6 +241,13 @@ class Branch:
         if self.filling is not None:
             twin.filling = self.filling.copy(twin.prompt)
         return twin
+
+    def decoded(self) -> str:
+        """The prompt so far, with the hole being filled as far as it got (for a run that stops early)."""
+        if self.filling is None:
+            return self.prompt.text()
+        hole = self.filling.spelt(None).removeprefix(self.filling.heal_prefix)
+        return self.prompt.text() + hole.decode("utf-8", errors="replace")
 
     def result(self) -> Result:
         out = self.outcome

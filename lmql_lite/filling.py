@@ -53,7 +53,25 @@ class Filling:
         if len(prompt.tokens) >= runner.options.max_len:
             raise filling.locate(ConstraintError(f"max_len={runner.options.max_len} is reached by the "
                                                  f"prompt before {hole.name} can be decoded"))
+        filling.check_room()
         return filling
+
+    def check_room(self) -> None:
+        """ConstraintError before decoding when max_len (or max_tokens) leaves fewer tokens than the hole needs."""
+        options, plan = self.runner.options, getattr(self.guide, "plan", None)
+        if plan is None:
+            return
+        room = options.max_len - len(self.prompt.tokens)
+        if options.max_tokens is not None:
+            room = min(room, options.max_tokens)
+        widest = self.runner.index.max_token_bytes
+        needed = max(plan.counts.lo, -(-int(self.guide.automaton.bytedist[0]) // widest) if widest else 0)
+        if needed > room:
+            limits = f"max_len={options.max_len}" + (f" and max_tokens={options.max_tokens}"
+                                                     if options.max_tokens is not None else "")
+            raise self.locate(ConstraintError(f"{self.hole.name} needs at least {needed} tokens under {plan.term}, "
+                                              f"but {limits} leave{'s' if options.max_tokens is None else ''} "
+                                              f"room for {room} after the prompt"))
 
     def copy(self, prompt: Prompt) -> "Filling":
         twin = Filling.__new__(Filling)

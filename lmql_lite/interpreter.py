@@ -20,6 +20,7 @@ import numpy as np
 
 from . import decoders
 from .branch import Branch
+from .deadline import Expired
 from .decoders import Choice
 from .errors import QueryArgumentError
 from .index import TokenIndex
@@ -62,16 +63,20 @@ class Runner:
             raise QueryArgumentError(f"{self.options.name} decoding runs one input at a time")
         self._batch = None
         self.branches = [Branch(self, start, program, row) for row, (start, program) in enumerate(starts)]
-        while active := self._settle():
-            logits = self._forward(active)                       # (rows, vocab) float32
-            t0 = time.perf_counter()
-            rows = [b.decode_row() for b in self.branches]       # each row's mask (None: complete)
-            logits = self._with_ends(logits, rows)               # a value's end: every token that leaves it
-            choices = self.decoder.step(logits, rows)            # the next rows: (parent_row, token, logprob)
-            spent = (time.perf_counter() - t0) / len(active)
-            for b in active:
-                b.trace.mask_seconds += spent
-            self._apply(choices)                                 # fork/select rows, take the tokens
+        try:
+            while active := self._settle():
+                logits = self._forward(active)                       # (rows, vocab) float32
+                t0 = time.perf_counter()
+                rows = [b.decode_row() for b in self.branches]       # each row's mask (None: complete)
+                logits = self._with_ends(logits, rows)               # a value's end: every token that leaves it
+                choices = self.decoder.step(logits, rows)            # the next rows: (parent_row, token, logprob)
+                spent = (time.perf_counter() - t0) / len(active)
+                for b in active:
+                    b.trace.mask_seconds += spent
+                self._apply(choices)                                 # fork/select rows, take the tokens
+        except (Expired, KeyboardInterrupt) as stop:  # a timeout or Ctrl-C: keep what each row had decoded
+            stop.decoded = [b.decoded() for b in self.branches]
+            raise
         return self.decoder.rank([b.result() for b in self.branches])
 
     def _settle(self) -> list[Branch]:
@@ -145,13 +150,18 @@ class Runner:
             if choice.token is not None:
                 b.take(choice)
 
+    SCORE_CHUNK = 32  # candidates per batched pass: memory is that of 32 extra rows, however long the list
+
     def score(self, branch: Branch, candidates: list[list[int]]) -> list[float]:
-        """Total log-probability of each candidate continuing `branch`'s prompt (`distribution`)."""
+        """Total log-probability of each candidate continuing `branch`'s prompt (`distribution`), SCORE_CHUNK at a time."""
         self._forward([branch], masked=False)  # the row holds its whole prompt, and its logits
-        scores = self.batch.score(branch.row, candidates)
-        branch.trace.forward_passes += 1
-        branch.trace.tokens_fed += sum(len(c) for c in candidates)
-        return [float(s.sum()) for s in scores]
+        totals = []
+        for at in range(0, len(candidates), self.SCORE_CHUNK):
+            chunk = candidates[at:at + self.SCORE_CHUNK]
+            totals += [float(s.sum()) for s in self.batch.score(branch.row, chunk)]
+            branch.trace.forward_passes += 1
+            branch.trace.tokens_fed += sum(len(c) for c in chunk)
+        return totals
 
 
 @functools.lru_cache(maxsize=8)

@@ -6,6 +6,8 @@ imports it, and it must not pull in numpy or torch.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 from .errors import QueryArgumentError
@@ -61,16 +63,7 @@ class DecoderOptions:
         if row is None:
             raise QueryArgumentError(f"unknown decoder '{self.name}' (known: {', '.join(d.name for d in DECODERS)})")
         object.__setattr__(self, "name", row.name)  # an alias decodes as the decoder it names
-        if self.n < 1:
-            raise QueryArgumentError(f"{self.name}: n must be at least 1, got {self.n}")
-        if self.temperature <= 0 and self.name == "sample":
-            raise QueryArgumentError(f"sample: temperature must be positive, got {self.temperature}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise QueryArgumentError(f"sample: top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k is not None and self.top_k < 1:
-            raise QueryArgumentError(f"sample: top_k must be at least 1, got {self.top_k}")
-        if self.max_len < 1:
-            raise QueryArgumentError(f"max_len must be at least 1, got {self.max_len}")
+        check_options(self)
 
     @property
     def decoder(self) -> Decoder:
@@ -80,3 +73,39 @@ class DecoderOptions:
     def several(self) -> bool:
         """Whether a run gives a list of results (n > 1 of a decoder that takes n)."""
         return "n" in self.decoder.options and self.n > 1
+
+
+MAX_N = 1024  # results of one query: each is a row of the model's batch (its logits, its cache)
+MAX_SEED = 2 ** 64 - 1  # torch's generator takes a 64-bit seed
+
+
+def check_options(o: DecoderOptions) -> None:
+    """QueryArgumentError for an option of the wrong type or out of range: checked before any model work."""
+    def integer(name: str, value, lo: int, hi: float = math.inf, optional: bool = False) -> None:
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise QueryArgumentError(f"{o.name}: {name} must be an integer, got {value!r}")
+        if not lo <= value <= hi:
+            span = f"at least {lo}" if hi == math.inf else f"from {lo} to {hi:,}"
+            raise QueryArgumentError(f"{o.name}: {name} must be {span}, got {value!r}")
+
+    def real(name: str, value, ok, what: str, optional: bool = False) -> None:
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(float(value)):
+            raise QueryArgumentError(f"{o.name}: {name} must be {what}, got {value!r}")
+
+    if not isinstance(o.n, bool) and isinstance(o.n, numbers.Integral) and o.n > MAX_N:
+        raise QueryArgumentError(f"{o.name}: n={o.n} is above the limit of {MAX_N} results (each result is a "
+                                 "row of the model's batch); run the query several times for more")
+    integer("n", o.n, 1)
+    real("temperature", o.temperature, lambda t: math.isfinite(t) and (t > 0 or o.name != "sample"),
+         "positive and finite" if o.name == "sample" else "a finite number")
+    integer("top_k", o.top_k, 1, optional=True)
+    real("top_p", o.top_p, lambda p: 0 < p <= 1, "a number in (0, 1]", optional=True)
+    integer("seed", o.seed, 0, MAX_SEED, optional=True)
+    integer("max_len", o.max_len, 1)
+    integer("max_tokens", o.max_tokens, 1, optional=True)
+    if not isinstance(o.healing, bool):
+        raise QueryArgumentError(f"{o.name}: healing must be True or False, got {o.healing!r}")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConstraintError
+from ..errors import ConstraintBudgetError, ConstraintError
 from ..index import TokenIndex
 from . import automata, grammar, holes, terms
 from .base import Guide, Mask
@@ -34,8 +34,19 @@ def compile_guide(term: Any, var: str, index: TokenIndex, hole_type: Any = None,
     """A guide for hole `var` under `term` (None/True: unconstrained); ConstraintError if it can never be satisfied.
 
     `bound`: the most tokens of a hole whose constraint gives no upper limit (counted above the
-    least it must have); None leaves such a hole unbounded.
+    least it must have); None leaves such a hole unbounded. Compiling it, the token search
+    included, is bounded by the budgets of `automata.budget()`.
     """
+    try:
+        with automata.budget():
+            return _compile_guide(term, var, index, hole_type, bound)
+    except ConstraintBudgetError as e:
+        if e.message.startswith(f"{var}: "):
+            raise
+        raise ConstraintBudgetError(f"{var}: {e.message}") from None
+
+
+def _compile_guide(term: Any, var: str, index: TokenIndex, hole_type: Any, bound: int | None) -> Guide:
     recursive = _recursive_grammar(term)
     if recursive is not None:
         return _grammar_guide(recursive, term, var, index, hole_type, bound)

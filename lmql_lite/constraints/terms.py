@@ -316,7 +316,17 @@ def compare(left: Any, op: str, right: Any) -> Any:
         raise ConstraintError(f"cannot compare two holes: {left} {op} {right}")
     if isinstance(left, Tokens):
         raise ConstraintError(f"compare len(TOKENS({left.var})), not TOKENS({left.var}) itself")
+    if isinstance(left, Length):
+        _check_bound(left, op, right)
     return Compare(left, op, right)
+
+
+def _check_bound(left: Length, op: str, right: Any) -> None:
+    """A length compares with a number that is not NaN (an int of any size, or a float, inf included)."""
+    if isinstance(right, bool) or not isinstance(right, (int, float)):
+        raise ConstraintError(f"{left} {op} {right!r}: a length compares with a number")
+    if right != right:
+        raise ConstraintError(f"{left} {op} {right!r}: a length cannot be compared with NaN")
 
 
 def _membership(item: Any, container: Any) -> Any:

@@ -27,9 +27,10 @@ def test_json_output_is_one_document(tmp_path, capsys):
     code = cli.main(["run", write(tmp_path, CHOICE), "--arg", "country=France", "--json"])
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
-    assert set(doc) == {"prompt", "variables", "distribution", "value", "ends", "notes"}
+    assert set(doc) == {"prompt", "variables", "distribution", "value", "logprobs", "logprob", "ends", "notes"}
     assert doc["value"] in ("ab", "cd") and doc["prompt"].startswith("Capital of France:")
     assert doc["distribution"] is None
+    assert set(doc["logprobs"]) == {"A"} and doc["logprobs"]["A"] <= 0 and doc["logprob"] == doc["logprobs"]["A"]
 
 
 def test_streaming_prints_the_prompt(tmp_path, capsys):
@@ -108,7 +109,7 @@ def test_inputs_output_and_resume(tmp_path, capsys):
 
 def test_quiet_prints_only_the_value(tmp_path, capsys):
     assert cli.main(["run", write(tmp_path, CHOICE), "--arg", "country=x", "--quiet"]) == 0
-    assert capsys.readouterr().out.strip() in ("ab", "cd")
+    assert json.loads(capsys.readouterr().out) in ("ab", "cd")  # the value as JSON
 
 
 def test_trace_table(tmp_path, capsys):
@@ -130,3 +131,101 @@ def test_undecodable_file_is_a_syntax_error(tmp_path, capsys):
     path.write_bytes(b'"ok"\n"caf\xe9 [X]"\n')
     assert cli.main(["check", str(path)]) == 2
     assert ":2:5: the file is not valid UTF-8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--timeout", "nan"], "--timeout must be a positive number"),
+    (["--timeout", "inf"], "--timeout must be a positive number"),
+    (["--timeout", "-1"], "--timeout must be a positive number"),
+    (["--seed", "2**70"], "invalid int value"),
+    (["--seed", str(2 ** 70)], "--seed must be from 0 to 2**64-1"),
+    (["--arg", "country=\udced\udca0"], "not valid UTF-8"),  # undecodable argv bytes arrive as lone surrogates
+    (["--batch-size", "0", "--inputs", "x.jsonl"], "--batch-size must be at least 1"),
+])
+def test_bad_command_line_values_are_argument_errors(tmp_path, capsys, argv, fragment):
+    assert cli.main(["run", write(tmp_path, CHOICE), *argv]) == 5
+    err = capsys.readouterr().err
+    assert fragment in err and "internal error" not in err and "Traceback" not in err
+
+
+def test_version(capsys):
+    import lmql_lite
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"lmql-lite {lmql_lite.__version__}"
+
+
+def test_json_trace_and_quiet_trace_keep_the_trace(tmp_path, capsys):
+    path = write(tmp_path, CHOICE)
+    assert cli.main(["run", path, "--arg", "country=x", "--json", "--trace"]) == 0
+    trace = json.loads(capsys.readouterr().out)["trace"]
+    assert trace["forward_passes"] >= 1 and trace["tokens"]
+    assert {t["variable"] for t in trace["tokens"]} == {"A"} and all(t["logprob"] <= 0 for t in trace["tokens"])
+    assert cli.main(["run", path, "--arg", "country=x", "--quiet", "--trace"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) in ("ab", "cd") and "forward passes" in captured.err
+
+
+def test_quiet_prints_json_even_for_no_value_and_lists(tmp_path, capsys):
+    assert cli.main(["run", write(tmp_path, '"[A]" where A in ["ab"]\n'), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out) is None
+    src = 'sample(n=2, seed=3)\n"[A]" where A in ["ab", "cd"]\nreturn {"a": A}\n'
+    assert cli.main(["run", write(tmp_path, src), "--quiet"]) == 0
+    values = json.loads(capsys.readouterr().out)
+    assert len(values) == 2 and all(v["a"] in ("ab", "cd") for v in values)
+
+
+def test_runtime_error_points_at_the_statement_column(tmp_path, capsys):
+    path = write(tmp_path, 'argmax\n    x = 1\n    y = x / 0\n    "[A]"\n')
+    assert cli.main(["run", path]) == 6
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"{path}:3:9: ZeroDivisionError")
+    assert err[2].index("^") == err[1].index("x / 0")
+
+
+ESC = "\x1b[2J"  # "clear the screen"
+
+
+def test_control_characters_from_the_model_are_escaped_on_display_and_exact_in_json(tmp_path, capsys, monkeypatch):
+    from lmql_lite.models.fake import DEFAULT_TOKENS
+    fake = FakeModel(tokens=DEFAULT_TOKENS + (ESC, "\x9b", "\u202e"), bias={ESC: 30.0, "\x9b": 20.0, "\u202e": 10.0})
+    monkeypatch.setattr(api, "model", lambda name=None: fake)
+    path = write(tmp_path, '"Say:[A]" where len(TOKENS(A)) < 4\nreturn A\n')
+    assert cli.main(["run", path]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x9b" not in out and "\u202e" not in out
+    assert "\\x1b[2J" in out
+    assert cli.main(["run", path, "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x9b" not in out and "\u202e" not in out
+    assert ESC in json.loads(out)["value"]
+    assert cli.main(["run", path, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and ESC in json.loads(out)
+
+
+def test_library_log_noise_is_silenced_unless_debug(tmp_path, capsys, caplog, monkeypatch):
+    import logging
+
+    def noisy_model(name=None):
+        logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+        return FakeModel()
+    monkeypatch.setattr(api, "model", noisy_model)
+    path = write(tmp_path, CHOICE)
+    assert cli.main(["run", path, "--arg", "country=x"]) == 0
+    assert "Retrying" not in capsys.readouterr().err and "Retrying" not in caplog.text
+    assert cli.main(["run", path, "--arg", "country=x", "--debug"]) == 0
+    assert "Retrying" in caplog.text
+
+
+def test_stdout_on_a_full_disk_is_reported_plainly(tmp_path, capsys):
+    import subprocess
+    import sys
+    if not __import__("os").path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    path = write(tmp_path, 'return "x" * 100000\n')  # no hole: no model needed
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "lmql_lite", "run", path, "--json"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "No space left on device" in done.stderr and "internal error" not in done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr

@@ -1,0 +1,115 @@
+"""Fault injection: a batch run killed at random moments (SIGKILL, SIGTERM, SIGINT), then resumed, holds every row exactly once.
+
+Each run is forked from a small server process that has imported lmql_lite once (and never ran
+a model, so forking it is safe), so a run starts in milliseconds and the kills land while rows
+are decoded and written, not during imports. The model is the small deterministic fake: the
+rows must match an uninterrupted run exactly.
+"""
+import json
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+
+QUERY = '"Row {i}:[S]" where len(TOKENS(S)) < 8 and STOPS_AT(S, ".")\nreturn S\n'
+ROWS = 600
+KILLS = 24
+SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
+
+# Reads one command line (JSON) per line, forks a run of it on the fake model, prints the run's
+# pid, then its exit code.
+FORK_SERVER = """
+import json, os, signal, sys
+from lmql_lite import api, cli
+from lmql_lite.models.fake import FakeModel
+api.model = lambda name=None: FakeModel()
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        quiet = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(quiet, fd)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os._exit(cli.main(json.loads(line)))
+    print(pid, flush=True)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+class Runs:
+    """The fork server: start a run, wait for it a while, kill it."""
+
+    def __init__(self):
+        self.server = subprocess.Popen([sys.executable, "-c", FORK_SERVER], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def start(self, argv: list[str]) -> int:
+        self.server.stdin.write(json.dumps(argv) + "\n")
+        return int(self.server.stdout.readline())
+
+    def wait(self, seconds: float | None = None) -> int | None:
+        """The run's exit code, or None if it is still running after `seconds`."""
+        if seconds is not None and not select.select([self.server.stdout], [], [], seconds)[0]:
+            return None
+        return int(self.server.stdout.readline())
+
+    def close(self) -> None:
+        self.server.stdin.close()
+        self.server.wait(60)
+
+
+def _rows(path) -> dict[int, list[dict]]:
+    by_index: dict[int, list[dict]] = {}
+    for line in path.read_text().splitlines():
+        doc = json.loads(line)  # every line is a whole row
+        by_index.setdefault(doc["index"], []).append(doc)
+    return by_index
+
+
+def test_random_kills_lose_and_duplicate_no_row(tmp_path):
+    query, inputs = tmp_path / "q.lmq", tmp_path / "rows.jsonl"
+    query.write_text(QUERY)
+    # Every 37th row misses its input: error rows must survive the kills too.
+    inputs.write_text("".join(json.dumps({"j" if i % 37 == 5 else "i": i}) + "\n" for i in range(ROWS)))
+
+    def argv(out):
+        return ["run", str(query), "--inputs", str(inputs), "--output", str(out), "--batch-size", "4", "--resume"]
+
+    runs = Runs()
+    try:
+        reference = tmp_path / "reference.jsonl"
+        runs.start(argv(reference))
+        assert runs.wait() == 8  # the rows missing their input failed, the others did not
+
+        out = tmp_path / "out.jsonl"
+        rng = random.Random(18)
+        kills, by_signal = 0, {s: 0 for s in SIGNALS}
+        for _ in range(10 * KILLS):
+            if kills == KILLS:
+                break
+            pid = runs.start(argv(out))
+            if runs.wait(rng.uniform(0.05, 0.5)) is not None:
+                continue  # it finished first
+            sig = rng.choice(SIGNALS)
+            os.kill(pid, sig)
+            code = runs.wait()
+            if code == 8:
+                continue  # it finished between the wait and the signal (a loaded machine)
+            assert code in (-signal.SIGKILL, 130, 143)
+            kills += 1
+            by_signal[sig] += 1
+        assert kills == KILLS and all(by_signal.values())
+        assert len(_rows(out)) < ROWS  # the kills came before the end
+
+        runs.start(argv(out))
+        assert runs.wait() == 8
+    finally:
+        runs.close()
+    got, want = _rows(out), _rows(reference)
+    assert sorted(got) == list(range(ROWS))
+    assert [i for i, docs in got.items() if len(docs) > 1] == []  # nothing twice
+    for i, (doc,) in got.items():
+        assert doc == want[i][0]
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
