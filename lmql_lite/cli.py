@@ -387,8 +387,9 @@ def _show(args, result, streamed: bool) -> None:
             _print_distribution(r)
         if r.value is not None:
             print(f"→ {r.value!r}")
-        for note in r.trace.notes:
-            print(_visible(f"note: {note}"), file=sys.stderr)
+        for note in r.trace.notes:  # a value cut by a budget or max_len, dim after the value
+            note = _visible(f"note: {note}")
+            print(f"\x1b[2m{note}\x1b[0m" if _use_color(args) else note, file=sys.stderr)
         if args.trace:
             _print_trace(r)
 

@@ -259,7 +259,7 @@ class _Builder(ast.NodeTransformer):
                 out.append(ast.Expr(ast.Yield(_call(_attr(_RT, "Text"), text))))
                 pending.clear()
 
-        for part in prompt.parts:
+        for i, part in enumerate(prompt.parts):
             if isinstance(part, nodes.Text):
                 pending.append(ast.Constant(part.text))
             elif isinstance(part, nodes.Interp):
@@ -271,7 +271,8 @@ class _Builder(ast.NodeTransformer):
                 out.append(_at(ast.Expr(ast.Yield(_call(_attr(_RT, "Role"), ast.Constant(part.role)))), part.pos))
             else:
                 flush()
-                out.append(self.hole(part, scoped, statement_holes, tuple(remaining[1:])))
+                out.append(self.hole(part, scoped, statement_holes, tuple(remaining[1:]),
+                                     _literal_after(prompt.parts[i + 1:])))
                 remaining.pop(0)
         flush()
         for s in out:
@@ -282,7 +283,7 @@ class _Builder(ast.NodeTransformer):
                     ast.copy_location(n, s)
         return out
 
-    def hole(self, hole: nodes.Hole, scoped: ast.expr | None, statement_holes, later) -> ast.stmt:
+    def hole(self, hole: nodes.Hole, scoped: ast.expr | None, statement_holes, later, following: str) -> ast.stmt:
         kwargs: dict[str, ast.expr] = {}
         wheres = []
         if scoped is not None:
@@ -298,6 +299,8 @@ class _Builder(ast.NodeTransformer):
             kwargs["decorators"] = ast.Tuple([parse_expr(self.query, d) for d in hole.decorators], ast.Load())
         if later:
             kwargs["later"] = ast.Tuple([ast.Constant(n) for n in later], ast.Load())
+        if following:
+            kwargs["following"] = ast.Constant(following)
         if self.distribution and self.distribution.var == hole.name:
             kwargs["distribution"] = _thunk(parse_expr(self.query, self.distribution.values))
         event = _call(_attr(_RT, "Hole"), ast.Constant(hole.name), ast.Constant(hole.pos.line),
@@ -310,6 +313,16 @@ class _Builder(ast.NodeTransformer):
         if isinstance(expr, ast.Call):  # [X: subquery(args)]
             return ast.Call(func=_attr(_RT, "nested"), args=[expr.func, *expr.args], keywords=expr.keywords)
         return expr
+
+
+def _literal_after(parts) -> str:
+    """The literal text at the start of `parts` (a statement's parts after a hole)."""
+    text = ""
+    for part in parts:
+        if not isinstance(part, nodes.Text):
+            break
+        text += part.text
+    return text
 
 
 def _format_spec(spec: str) -> ast.JoinedStr:

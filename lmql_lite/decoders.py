@@ -135,6 +135,28 @@ def masked(logits: np.ndarray, mask: Mask) -> np.ndarray:
     return logits + mask.bias
 
 
+def with_end(logits: np.ndarray, mask: Mask, eos_ids: np.ndarray, after_text: np.ndarray) -> int | None:
+    """Where a value may end but also go on, its end stands for every token it cannot go on with.
+
+    The first allowed end-of-sequence id of `logits` (one row, changed in place) gets the
+    log-sum-exp of the logits of the end ids and of every token the mask refuses that could
+    follow some complete text (`after_text`: not a special token, not a UTF-8 continuation
+    byte), the other end ids -inf: the model's whole probability of leaving the value here, for
+    every decoder alike. Returns the token the model itself likes best among those (for the
+    trace), or None when ending is no choice here.
+    """
+    ends = eos_ids[mask.array[eos_ids]]
+    if not len(ends) or mask.count == len(ends):
+        return None
+    leave = after_text & ~mask.array
+    leave[ends] = True
+    out = logits[leave]
+    top = out.max()
+    logits[ends] = -np.inf
+    logits[ends[0]] = top + np.log(np.exp(out - top).sum()) if np.isfinite(top) else top
+    return int(np.flatnonzero(leave)[np.argmax(out)])
+
+
 def log_softmax_at(scores: np.ndarray, token: int) -> float:
     """log p(token) under softmax(scores), with -inf scores excluded."""
     top = scores.max()

@@ -6,10 +6,11 @@ from typing import Any, Callable
 
 from . import decorators, runtime
 from .constraints import compile_guide, terms
+from .constraints.guide import DEFAULT_HOLE_TOKENS
 from .constraints.base import Guide, Mask
 from .errors import ConstraintError, LmqlError
 from .prompt import Prompt
-from .result import TokenRecord
+from .result import CUT, HoleEnd, TokenRecord
 
 
 class Filling:
@@ -23,6 +24,8 @@ class Filling:
         self.start = len(prompt.tokens)    # the hole's first token
         self.logprob = 0.0
         self.clock = time.perf_counter()   # when the hole's last token was taken (for --trace)
+        self.wish: int | None = None       # the model's own pick among the tokens that would end the value
+        self.cut = ""                      # "max_len" or "max_tokens" when one of them ended the hole
 
     @classmethod
     def begin(cls, hole: runtime.Hole, resolve: Callable[[str], Any], prompt: Prompt, runner, program) -> "Filling":
@@ -34,13 +37,18 @@ class Filling:
                 term = None
             if term is False:
                 raise ConstraintError(f"the constraint on {hole.name} is false before decoding starts")
-            guide = compile_guide(None if term is True else term, hole.name, runner.index, hole_type=hole.type)
+            bound = DEFAULT_HOLE_TOKENS if runner.options.max_tokens is None else None
+            guide = compile_guide(None if term is True else term, hole.name, runner.index, hole_type=hole.type,
+                                  bound=bound)
         except LmqlError as e:
             raise locate(e, hole, program)
+        last = prompt.tokens[-1:]
         prefix = prompt.take_back() if runner.options.healing else b""
         prompt.healable = False
-        if prefix:
-            guide.heal(prefix)
+        if prefix and not guide.heal(prefix):  # healing would leave no value: the token goes back
+            prompt.tokens += last
+            prompt.trace.prompt_tokens += 1
+            prefix = b""
         filling = cls(hole, guide, prompt, runner, program, prefix)
         if len(prompt.tokens) >= runner.options.max_len:
             raise filling.locate(ConstraintError(f"max_len={runner.options.max_len} is reached by the "
@@ -102,7 +110,8 @@ class Filling:
         if eos is None or not self.mask()[eos]:
             raise self.locate(ConstraintError(
                 f"{self.hole.name} reached its token budget before its value satisfied the constraint"))
-        self.prompt.trace.notes.append(f"{self.hole.name}: ended at the token budget")
+        options = self.runner.options
+        self.cut = "max_len" if len(self.prompt.tokens) >= options.max_len else "max_tokens"
         self.guide.advance(eos)
 
     def fast_forward(self) -> bool:
@@ -157,6 +166,8 @@ class Filling:
         else:
             trace.generated_tokens += 1
         self.logprob += logprob
+        if how == "forced":
+            self.wish = None
         if tok not in self.runner.model.vocabulary.eos_ids:
             self.prompt.tokens.append(tok)
         self.guide.advance(tok)
@@ -175,8 +186,34 @@ class Filling:
         except LmqlError as e:
             raise self.locate(e)
         self.prompt.reconcile(self.start, self.heal_prefix + text.encode())
+        reason, message = self.why_ended()
+        self.prompt.trace.ends.append(HoleEnd(self.hole.name, reason, f"ended: {message}"))
+        if reason in CUT:
+            self.prompt.trace.notes.append(f"{self.hole.name}: ended at {message}")
         self.prompt.value(text)
         return text, value
+
+    def why_ended(self) -> tuple[str, str]:
+        """(reason, message) for the finished hole (docs/language.md, "Where a value ends")."""
+        guide, vocab = self.guide, self.runner.model.vocabulary
+        if self.cut:
+            return self.cut, f"{self.cut}={getattr(self.runner.options, self.cut)}"
+        how, wish = guide.ended_by, self.wish
+        if how == "end":
+            if wish is None or wish in vocab.eos_ids:
+                return "end", "the model ended it"
+            text, following = vocab.tokens[wish], self.hole.following.encode()
+            shown = repr(text.decode("utf-8", errors="replace"))
+            if following and (following.startswith(text) or text.startswith(following)):
+                return "following text", f"the model wrote the following text {shown}"
+            return "not a continuation", f"the model's next token {shown} cannot continue the value"
+        if how == "stop":
+            return "stop", "a stop phrase"
+        if how == "budget" and getattr(guide, "default_bound", False):
+            return "default bound", f"the default bound of {DEFAULT_HOLE_TOKENS} tokens per hole"
+        if how == "budget":
+            return "budget", f"its token budget ({guide.tokens_used} tokens)"
+        return "complete", "its constraint allows no longer value"
 
 
 def locate(e: LmqlError, hole: runtime.Hole, program) -> LmqlError:

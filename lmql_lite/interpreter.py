@@ -12,6 +12,7 @@ Every decoder goes through the same loop (`Runner.run`):
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Callable, Iterator
 
@@ -41,6 +42,8 @@ class Runner:
         self.on_text = on_text
         self.record_tokens = record_tokens
         self.eos_id = min(model.vocabulary.eos_ids) if model.vocabulary.eos_ids else None
+        self.eos_ids = np.array(sorted(model.vocabulary.eos_ids), np.int64)
+        self.after_text = _after_text(model.vocabulary)
         self._batch = None
         self.branches: list[Branch] = []
 
@@ -65,6 +68,7 @@ class Runner:
                 logits = self._forward(active)                       # (rows, vocab) float32
                 t0 = time.perf_counter()
                 rows = [b.decode_row() for b in self.branches]       # each row's mask (None: complete)
+                logits = self._with_ends(logits, rows)               # a value's end: every token that leaves it
                 choices = self.decoder.step(logits, rows)            # the next rows: (parent_row, token, logprob)
                 spent = (time.perf_counter() - t0) / len(active)
                 for b in active:
@@ -105,9 +109,27 @@ class Runner:
         return self.batch.step(feeds, only=only)
 
     def _few_allowed(self, b: Branch) -> np.ndarray | None:
-        """The ids `b`'s mask allows, when they are few (an eighth of the vocabulary at most), else None."""
+        """The ids `b`'s mask allows, when they are few (an eighth of the vocabulary at most), else None.
+
+        None too where the value may end: its end's score needs every logit (`_with_ends`).
+        """
         mask = b.filling.mask()
-        return mask.ids if mask.count <= len(mask) // 8 else None
+        if mask.count > len(mask) // 8 or mask.array[self.eos_ids].any():
+            return None
+        return mask.ids
+
+    def _with_ends(self, logits: np.ndarray, rows) -> np.ndarray:
+        """Each row's end-of-sequence logit made the model's whole probability of leaving the value there.
+
+        The same rule for every decoder (docs/language.md, "Where a value ends"); each branch
+        keeps the model's own pick among the leaving tokens, to say in the trace why it ended.
+        """
+        if not logits.flags.writeable:
+            logits = logits.copy()
+        for b, r in zip(self.branches, rows):
+            if r.mask is not None:
+                b.filling.wish = decoders.with_end(logits[r.row], r.mask, self.eos_ids, self.after_text)
+        return logits
 
     def _apply(self, choices: list[Choice]) -> None:
         """Make the rows the decoder chose the batch's rows, then give each its token."""
@@ -140,6 +162,13 @@ class Runner:
             branch.trace.forward_passes += 1
             branch.trace.tokens_fed += sum(len(c) for c in chunk)
         return totals
+
+
+@functools.lru_cache(maxsize=8)
+def _after_text(vocab) -> np.ndarray:
+    """(vocab,) bool: the tokens that may follow a complete text (not special, not a UTF-8 continuation byte)."""
+    return np.array([i not in vocab.special_ids and bool(t) and not 0x80 <= t[0] < 0xC0
+                     for i, t in enumerate(vocab.tokens)])
 
 
 def run_program(program, model, index: TokenIndex, options: DecoderOptions,

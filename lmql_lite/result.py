@@ -19,6 +19,17 @@ class TokenRecord:
 
 
 @dataclass
+class HoleEnd:
+    """Why a hole's value ended (docs/language.md, "Where a value ends")."""
+    variable: str
+    reason: str    # end, following text, not a continuation, stop, complete, budget, default bound, max_len, max_tokens
+    message: str
+
+
+CUT = ("budget", "default bound", "max_len", "max_tokens")  # reasons that cut a value the model might have gone on with
+
+
+@dataclass
 class Trace:
     forward_passes: int = 0    # passes this result's row took part in
     tokens_fed: int = 0        # tokens that went through the model for this result
@@ -28,6 +39,7 @@ class Trace:
     mask_seconds: float = 0.0  # time spent building and applying masks
     notes: list[str] = field(default_factory=list)
     tokens: list[TokenRecord] | None = None
+    ends: list[HoleEnd] = field(default_factory=list)
 
 
 @dataclass
@@ -43,7 +55,8 @@ class Result:
 
     def to_json(self) -> dict:
         return {"prompt": self.prompt, "variables": _jsonable(self.variables),
-                "distribution": self.distribution, "value": _jsonable(self.value)}
+                "distribution": self.distribution, "value": _jsonable(self.value),
+                "ends": [dataclasses.asdict(e) for e in self.trace.ends], "notes": list(self.trace.notes)}
 
 
 def _jsonable(x: Any) -> Any:

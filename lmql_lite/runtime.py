@@ -26,6 +26,7 @@ class Hole:
 
     `where(resolve)` builds the hole's constraint term; `resolve(name)` gives a decoded value,
     the hole's own symbol, or UNKNOWN for `later` holes of the same statement.
+    `following` is the statement's literal text after the hole, up to the next hole or `{...}`.
     `distribution()` gives the candidate values when the hole is a `distribution` variable.
     """
     name: str
@@ -35,6 +36,7 @@ class Hole:
     type: Any = None
     decorators: tuple[Callable[[Any], Any], ...] = ()
     later: tuple[str, ...] = ()
+    following: str = ""   # the literal text right after the hole in its statement (for the trace)
     distribution: Callable[[], Any] | None = field(default=None, compare=False)
 
 

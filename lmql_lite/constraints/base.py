@@ -67,13 +67,15 @@ class Guide(Protocol):
         """Consume one token (an end-of-sequence id ends the hole); ConstraintError if it is not allowed."""
 
     def is_finished(self) -> bool:
-        """Whether the hole has ended."""
+        """Whether the hole has ended; then `ended_by` says how: "end", "stop", "complete" or "budget"."""
 
     def forced(self) -> bytes:
         """The text every continuation must start with (b"" when there is a choice), whole UTF-8 characters."""
 
-    def heal(self, prefix: bytes) -> None:
-        """Token healing: the first token must start with `prefix`, which belongs to the prompt, not the value."""
+    def heal(self, prefix: bytes) -> bool:
+        """Token healing: the first token must start with `prefix`, which belongs to the prompt, not the value.
+
+        Declined (False, nothing changes) when no first token would then lead to a value."""
 
     def copy(self) -> "Guide":
         """An independent twin (beam search forks a hole being filled)."""

@@ -190,6 +190,7 @@ class GrammarGuide:
         self._text = bytearray()
         self.tokens_used = 0
         self._finished = False
+        self.ended_by = ""  # as Guide.ended_by
         self._prefix = b""
         self._mask = None  # the mask of the current state, once computed
 
@@ -200,8 +201,15 @@ class GrammarGuide:
         twin._bits = self._bits.copy()
         return twin
 
-    def heal(self, prefix: bytes) -> None:
+    def heal(self, prefix: bytes) -> bool:
+        """As Guide.heal: declined (False) when no first token would be left."""
         self._prefix, self._mask = bytes(prefix), None
+        try:
+            self.allowed()
+            return True
+        except ConstraintError:
+            self._prefix, self._mask = b"", None
+            return False
 
     def allowed(self) -> Mask:
         n = len(self.index)
@@ -258,7 +266,7 @@ class GrammarGuide:
         if token_id in self.index.vocabulary.eos_ids:
             if self._prefix or not self._matcher.is_accepting():
                 raise ConstraintError(f"{self.var} cannot end after {bytes(self._text)!r}")
-            self._finished = True
+            self._finished, self.ended_by = True, "end"
             return
         data = self.index.vocabulary.tokens[token_id]
         if self._prefix:
@@ -277,6 +285,7 @@ class GrammarGuide:
                 raise ConstraintError(f"{self.var} = {bytes(self._text)!r} is cut by its token budget before the "
                                       "grammar's sentence is complete")
             self._finished = True
+            self.ended_by = "complete" if self._matcher.is_stopped() else "budget"
 
     def is_finished(self) -> bool:
         return self._finished

@@ -26,30 +26,42 @@ _OPS = {"<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.n
         ">=": operator.ge, ">": operator.gt}
 
 
-def compile_guide(term: Any, var: str, index: TokenIndex, hole_type: Any = None) -> Guide:
+DEFAULT_HOLE_TOKENS = 256  # the bound of a hole whose constraint sets no most tokens (docs/language.md)
+
+
+def compile_guide(term: Any, var: str, index: TokenIndex, hole_type: Any = None,
+                  bound: int | None = None) -> Guide:
     """A guide for hole `var` under `term` (None/True: unconstrained); ConstraintError if it can never be satisfied.
 
-    Compiling it, the token search included, is bounded by the budgets of `automata.budget()`.
+    `bound`: the most tokens of a hole whose constraint gives no upper limit (counted above the
+    least it must have); None leaves such a hole unbounded. Compiling it, the token search
+    included, is bounded by the budgets of `automata.budget()`.
     """
     try:
         with automata.budget():
-            return _compile_guide(term, var, index, hole_type)
+            return _compile_guide(term, var, index, hole_type, bound)
     except ConstraintBudgetError as e:
         if e.message.startswith(f"{var}: "):
             raise
         raise ConstraintBudgetError(f"{var}: {e.message}") from None
 
 
-def _compile_guide(term: Any, var: str, index: TokenIndex, hole_type: Any) -> Guide:
+def _compile_guide(term: Any, var: str, index: TokenIndex, hole_type: Any, bound: int | None) -> Guide:
     recursive = _recursive_grammar(term)
     if recursive is not None:
-        return _grammar_guide(recursive, term, var, index, hole_type)
-    guide = AutomatonGuide(plan_hole(term, var, hole_type), index)
+        return _grammar_guide(recursive, term, var, index, hole_type, bound)
+    plan = plan_hole(term, var, hole_type)
+    by_default = bound is not None and plan.counts.hi == math.inf
+    if by_default:
+        plan.counts = plan.counts & holes.Counts(((0, plan.counts.intervals[-1][0] + bound),))
+    guide = AutomatonGuide(plan, index, by_default)
     counts = guide.plan.counts
     hi = counts.hi
     spelt = len(counts.intervals) == 1 and guide._spelt_ok(0, hi, counts.lo)
     if not spelt and not guide._can_end(0, 0):
         room = f"within {int(hi)} tokens" if hi != math.inf else "in this vocabulary's tokens"
+        if by_default:
+            room += f" (the default bound per hole; write len(TOKENS({var})) < n for another)"
         raise ConstraintError(f"{var} can never satisfy its constraint: no value can be written {room} "
                               f"under {guide.plan.term}")
     return guide
@@ -69,7 +81,8 @@ def _recursive_grammar(term: Any) -> Any:
     return None
 
 
-def _grammar_guide(atom: Any, term: Any, var: str, index: TokenIndex, hole_type: Any) -> "grammar.GrammarGuide":
+def _grammar_guide(atom: Any, term: Any, var: str, index: TokenIndex, hole_type: Any,
+                   bound: int | None) -> "grammar.GrammarGuide":
     """A recursive grammar: alone, with token budgets (< or <=) and Python post-checks only."""
     if hole_type not in (None, str):
         raise ConstraintError(f"GRAMMAR({var}, ...) cannot be combined with the hole type {hole_type!r}")
@@ -87,6 +100,8 @@ def _grammar_guide(atom: Any, term: Any, var: str, index: TokenIndex, hole_type:
                                   "Python checks (its grammar has nested rules, so it is not a regular language)")
     if budget < 1:
         raise ConstraintError(f"{var} can never satisfy its constraint: no token budget for {term}")
+    if budget == math.inf and bound is not None:
+        budget = bound
     check = (lambda text: all(_holds(p, var, text, text, 0) for p in checks)) if checks else None
     return grammar.GrammarGuide(var, atom.text, index, term, budget, check)
 
@@ -94,13 +109,15 @@ def _grammar_guide(atom: Any, term: Any, var: str, index: TokenIndex, hole_type:
 class AutomatonGuide:
     """The Guide contract (`constraints.base.Guide`) over a byte automaton and the token index."""
 
-    def __init__(self, plan: HolePlan, index: TokenIndex):
+    def __init__(self, plan: HolePlan, index: TokenIndex, default_bound: bool = False):
         self.plan, self.index = plan, index
+        self.default_bound = default_bound  # the most tokens is DEFAULT_HOLE_TOKENS, not the user's
         self.state = 0
         self.tokens_used = 0
         self._text = bytearray()
         self._drop = 0           # bytes of a STOPS_BEFORE phrase to drop from the end
         self._finished = False
+        self.ended_by = ""       # once finished: "end" (end of sequence), "stop" (a phrase), "complete", "budget"
         self._prefix = b""       # token healing: the first token must start with these bytes
         ends = [x for lo, hi in plan.counts.intervals for x in (lo, hi + 1) if x != math.inf]
         self._last_boundary = max(ends, default=0)  # from this many tokens on, every count is alike
@@ -119,9 +136,20 @@ class AutomatonGuide:
 
     # ---- the contract the interpreter calls ----------------------------------------------
 
-    def heal(self, prefix: bytes) -> None:
-        """The first token must start with `prefix` (the prompt's last token, taken back); it is not the hole's text."""
+    def heal(self, prefix: bytes) -> bool:
+        """The first token must start with `prefix` (the prompt's last token, taken back); it is not the hole's text.
+
+        Declined (False, nothing changes) when no first token could then lead to a value: healing
+        must never make a satisfiable hole impossible (a one-token INT after `": `).
+        """
         self._prefix = bytes(prefix)
+        key = ("healed", self._prefix)
+        if key not in self._seen:
+            self._seen[key] = Mask(self._healed())
+        if self._seen[key].count:
+            return True
+        self._prefix = b""
+        return False
 
     def allowed(self) -> Mask:
         """The tokens that keep the hole satisfiable; EOS only where the value is complete (cached per state)."""
@@ -147,7 +175,7 @@ class AutomatonGuide:
         if token_id in self.index.vocabulary.eos_ids:
             if self._prefix or not (a.accepting[self.state] and counts.allows(self.tokens_used)):
                 raise ConstraintError(f"{self.plan.var} cannot end after {bytes(self._text)!r}")
-            self._finished = True
+            self._finished, self.ended_by = True, "end"
             return
         data = self.index.vocabulary.tokens[token_id]
         if self._prefix:
@@ -164,13 +192,16 @@ class AutomatonGuide:
             if armed and a.stops[s]:
                 data = data[: i + 1]  # the phrase ends the hole: the rest of the token is cut
                 self._drop = a.drops[a.stop[s]]
-                self._finished = True
+                self._finished, self.ended_by = True, "stop"
                 break
         self._text += data
         self.tokens_used = k
         self.state = s
         if not self._finished and a.accepting[s] and counts.allows(k):
-            self._finished = not a.has_next[s] or k >= counts.hi
+            if not a.has_next[s]:
+                self._finished, self.ended_by = True, "complete"
+            elif k >= counts.hi:
+                self._finished, self.ended_by = True, "budget"
 
     def is_finished(self) -> bool:
         return self._finished

@@ -1,9 +1,11 @@
 """JSON holes: a JSON Schema, dataclass, pydantic model or typing type → the regular language of its JSON texts, and text → value.
 
-The texts have one fixed compact layout (json.dumps with separators (",", ":"), properties in
-the schema's order, no free whitespace), so a small model cannot loop on newlines and the
-language is a byte DFA like any regex: masks are exact and token budgets close the value in
-time. Keywords are either compiled into the language exactly, or (where a regular language
+The texts have json.dumps's layout, properties in the schema's order, each separator between
+members ("," and ":") followed by one space or none as the model likes (`{"a": 1, "b": 2}` and
+`{"a":1,"b":2}`: the compact layout alone forbids the `, ` a model wants after a number, and the
+number then grows digit by digit); no other free whitespace, so a small model cannot loop on
+newlines and the language is a byte DFA like any regex: masks are exact and token budgets
+close the value in time. Keywords are either compiled into the language exactly, or (where a regular language
 cannot say it compactly) masked by a superset and checked on the value: number bounds that are
 not integers, exclusive number bounds, bounds past 10**15 in size, `oneOf` (only one branch may
 match), string lengths above 1000, item counts whose exact language would be large (more than
@@ -133,7 +135,7 @@ class _Compiler:
                 options = [schema["const"]] if name == "const" else schema["enum"]
                 if not isinstance(options, list) or not options:
                     raise ConstraintError(f"`enum` needs a non-empty list, got {options!r}")
-                return nfa.either([nfa.literal(dumps(o).encode()) for o in options])
+                return nfa.either([self.constant(o) for o in options])
         for name in ("anyOf", "oneOf", "allOf"):
             if name in schema:
                 _only(schema, {name})
@@ -237,12 +239,12 @@ class _Compiler:
         if lo == 0:
             nfa.eps[end].append(close[0])
         for k in range(1, (hi if hi is not None else max(lo, 1)) + 1):
-            parts = (first,) if k == 1 else (nfa.literal(b","), item())
+            parts = (first,) if k == 1 else (self.separator(b","), item())
             end = nfa.chain((end, end), *parts)[1]
             if k >= lo:
                 nfa.eps[end].append(close[0])
         if hi is None:  # more items, any number of them
-            loop = nfa.chain(nfa.literal(b","), item())
+            loop = nfa.chain(self.separator(b","), item())
             nfa.eps[end].append(loop[0])
             nfa.eps[loop[1]].append(loop[0])
             nfa.eps[loop[1]].append(close[0])
@@ -265,10 +267,10 @@ class _Compiler:
         none = [nfa.state() for _ in range(len(props) + 1)]
         some = [nfa.state() for _ in range(len(props) + 1)]
         for i, (name, sub) in enumerate(props.items()):
-            key = dumps(name).encode() + b":"
+            key = dumps(name).encode()
             value = self.value(sub)
-            nfa.chain((none[i], none[i]), nfa.literal(key), value)
-            nfa.chain((some[i], some[i]), nfa.literal(b"," + key), value)
+            nfa.chain((none[i], none[i]), nfa.literal(key), self.separator(b":"), value)
+            nfa.chain((some[i], some[i]), self.separator(b","), nfa.literal(key), self.separator(b":"), value)
             nfa.eps[value[1]].append(some[i + 1])
             if name not in required:
                 nfa.eps[none[i]].append(none[i + 1])
@@ -279,9 +281,30 @@ class _Compiler:
         nfa.eps[some[-1]].append(close[0])
         return start[0], close[1]
 
+    def constant(self, obj: Any) -> tuple[int, int]:
+        """One JSON value as text, its separators laid out as elsewhere."""
+        nfa = self.nfa
+        if isinstance(obj, (list, dict)):
+            items = list(obj.items()) if isinstance(obj, dict) else [(None, x) for x in obj]
+            parts = [nfa.literal(b"[" if isinstance(obj, list) else b"{")]
+            for i, (k, x) in enumerate(items):
+                if i:
+                    parts.append(self.separator(b","))
+                if isinstance(obj, dict):
+                    parts += [nfa.literal(dumps(k).encode()), self.separator(b":")]
+                parts.append(self.constant(x))
+            parts.append(nfa.literal(b"]" if isinstance(obj, list) else b"}"))
+            return nfa.chain(*parts)
+        return nfa.literal(dumps(obj).encode())
+
+    def separator(self, mark: bytes) -> tuple[int, int]:
+        """`mark` ("," or ":") between members, followed by one space or none."""
+        return self.nfa.either([self.nfa.literal(mark), self.nfa.literal(mark + b" ")])
+
     def members(self, value: Callable[[], tuple[int, int]]) -> tuple[int, int]:
         """An object with any string keys: {"k":v,...}."""
-        return self.array({}, lambda: self.nfa.chain(self.nfa.embed(regex_dfa(f'"{CHAR}*":')), value()), b"{}")
+        key = lambda: self.nfa.chain(self.nfa.embed(regex_dfa(f'"{CHAR}*"')), self.separator(b":"), value())
+        return self.array({}, key, b"{}")
 
     def any(self, depth: int) -> tuple[int, int]:
         nfa = self.nfa
@@ -300,7 +323,7 @@ def _only(schema: dict, allowed: set) -> None:
 
 
 def dumps(obj: Any) -> str:
-    """The one layout JSON holes write."""
+    """The compact layout of enum and const values in JSON holes."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 

@@ -27,7 +27,7 @@ def test_json_output_is_one_document(tmp_path, capsys):
     code = cli.main(["run", write(tmp_path, CHOICE), "--arg", "country=France", "--json"])
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
-    assert set(doc) == {"prompt", "variables", "distribution", "value", "logprobs", "logprob"}
+    assert set(doc) == {"prompt", "variables", "distribution", "value", "logprobs", "logprob", "ends", "notes"}
     assert doc["value"] in ("ab", "cd") and doc["prompt"].startswith("Capital of France:")
     assert doc["distribution"] is None
     assert set(doc["logprobs"]) == {"A"} and doc["logprobs"]["A"] <= 0 and doc["logprob"] == doc["logprobs"]["A"]

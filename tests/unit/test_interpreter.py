@@ -22,7 +22,11 @@ def run(source, model, **inputs):
 
 
 def greedy_choice(model, prompt_ids, options):
-    """Brute force: greedy decoding where a token is allowed iff the text stays a prefix of some option."""
+    """Brute force: greedy decoding where a token is allowed iff the text stays a prefix of some option.
+
+    Once the text is a whole option, ending scores the log-sum-exp of end-of-sequence and every
+    token that continues no option (docs/language.md, "Where a value ends").
+    """
     vocab = model.vocabulary.tokens
     ids, text = list(prompt_ids), b""
     targets = [o.encode() for o in options]
@@ -30,9 +34,11 @@ def greedy_choice(model, prompt_ids, options):
         logits = model.logits_for(ids)
         allowed = [i for i, tok in enumerate(vocab)
                    if tok and any(t.startswith(text + tok) for t in targets)]
+        scores = {i: logits[i] for i in allowed}
         if text in targets:
-            allowed.append(0)  # end of sequence once the text is a whole option
-        best = max(allowed, key=lambda i: logits[i])
+            leave = [i for i in range(len(vocab)) if i == 0 or i not in allowed]
+            scores[0] = np.logaddexp.reduce(logits[leave])
+        best = max(scores, key=scores.get)
         if best == 0:
             break
         ids.append(best)
@@ -288,7 +294,8 @@ def test_model_choice_precedence(monkeypatch):
 def test_max_len_ends_a_valid_hole_and_says_so():
     chatty = FakeModel(bias={"<eos>": -100.0})
     r = lmql_lite.run('argmax(max_len=12)\n    "Hi[X]"\n', model=chatty)
-    assert r.trace.notes == ["X: ended at the token budget"]
+    assert r.trace.notes == ["X: ended at max_len=12"]
+    assert [(e.variable, e.reason) for e in r.trace.ends] == [("X", "max_len")]
     assert len(chatty.encode(r.prompt)) <= 12
 
 

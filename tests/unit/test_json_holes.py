@@ -1,8 +1,8 @@
 """JSON holes: masks equal a brute-force oracle, values are the parsed (and built) objects, unsupported schemas are refused.
 
 The oracle knows nothing of automata: it lists every value of a small schema (plain recursion),
-keeps those `jsonschema` validates, writes each in the one compact layout (json.dumps with
-separators (",", ":"), properties in schema order), spells every text in every tokenization
+keeps those `jsonschema` validates, writes each in every layout a hole allows (json.dumps's order,
+each separator "," or ":" followed by one space or none), spells every text in every tokenization
 within the budget, and allows exactly the tokens that continue some such spelling.
 """
 from __future__ import annotations
@@ -99,8 +99,26 @@ def valid_texts(schema) -> set[bytes]:
             jsonschema.validate(v, schema)
         except jsonschema.ValidationError:
             continue
-        out.add(json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode())
+        out.update(t.encode() for t in layouts(v))
     return out
+
+
+def layouts(v) -> list[str]:
+    """Every text of `v` in json.dumps's member order, each "," and ":" between members followed by a space or not."""
+    if isinstance(v, list):
+        return ["[" + body + "]" for body in _joined([layouts(x) for x in v])]
+    if isinstance(v, dict):
+        members = [[json.dumps(k, ensure_ascii=False) + colon + t for colon in (":", ": ") for t in layouts(x)]
+                   for k, x in v.items()]
+        return ["{" + body + "}" for body in _joined(members)]
+    return [json.dumps(v, ensure_ascii=False)]
+
+
+def _joined(parts: list[list[str]]) -> list[str]:
+    if not parts:
+        return [""]
+    return [first + sep + rest if rest else first for first in parts[0] for rest in _joined(parts[1:])
+            for sep in ((",", ", ") if rest else ("",))]
 
 
 class Oracle:
