@@ -26,7 +26,7 @@ def model(name: str | None = None):
     """Load a model once per process: a local directory, a hub id in the local cache, or None for the embedded default."""
     key = name or ""
     if key not in _models:
-        from .models.transformers import load_model
+        from .models import load_model  # checks the name before importing torch
         _models[key] = load_model(name)
     return _models[key]
 

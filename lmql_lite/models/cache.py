@@ -67,6 +67,7 @@ def subfolder(name: str) -> Path | None:
     """`cache_root() / name`, created private; None when it cannot be created, written or trusted (callers then skip caching)."""
     folder = cache_root() / name
     try:
+        private_folder(cache_root())
         private_folder(folder)
     except PermissionError as e:
         if str(folder) not in _noted:
