@@ -11,10 +11,11 @@ import textwrap
 from typing import Any, Callable, Iterable, Iterator
 
 from . import checker, compiler, parser
-from .decoders import DecoderOptions
 from .errors import LmqlError, QueryArgumentError
 from .index import TokenIndex
-from .interpreter import Result, check_inputs, run_program
+from .interpreter import run_program
+from .options import IGNORED_OPTIONS, DecoderOptions
+from .result import Result
 
 _models: dict[str, Any] = {}
 _indexes: dict[int, tuple[Any, TokenIndex]] = {}
@@ -26,7 +27,7 @@ def model(name: str | None = None):
     """Load a model once per process: a local directory, a hub id in the local cache, or None for the embedded default."""
     key = name or ""
     if key not in _models:
-        from .models import load_model  # checks the name before importing torch
+        from .models import load_model
         _models[key] = load_model(name)
     return _models[key]
 
@@ -36,7 +37,7 @@ def _index(m) -> TokenIndex:
     disk (in the model cache's `index` folder), so a new process loads it instead of building it."""
     entry = _indexes.get(id(m))
     if entry is None or entry[0] is not m:
-        from .models.cache import cache_root
+        from .cache import cache_root
         disk = cache_root() / "index" if len(m.vocabulary) >= 4096 else None
         entry = _indexes[id(m)] = (m, TokenIndex(m.vocabulary, cache_dir=disk))
     return entry[1]
@@ -72,18 +73,16 @@ def _read(source_or_path: str, filename: str | None) -> tuple[str, str]:
 def decoder_options(program: compiler.Program, inputs: dict[str, Any], **overrides: Any) -> DecoderOptions:
     """The decoder clause's options, evaluated with the query's inputs, then `overrides` (None ones ignored)."""
     decoder = program.query.decoder
+    checker.first_problem(program, inputs)  # `lmql-lite check`'s rules, before any model loads
     fields: dict[str, Any] = {}
     if decoder is not None:
-        problems = checker.check_decoder(program, decoder)  # the same rules as `lmql-lite check`
-        if problems:
-            raise problems[0]
-        fields["name"] = compiler.DECODER_ALIASES.get(decoder.name, decoder.name)
+        fields["name"] = decoder.name
         values = [_evaluate(program, e, inputs) for e in decoder.args]
         if values:
             fields["n"] = values[0]
         for key, expr in decoder.kwargs:
-            if key in ("chunksize", "openai_chunksize"):
-                continue  # LMQL's API-batching options mean nothing for a local model
+            if key in IGNORED_OPTIONS:
+                continue  # LMQL's API-batching, logging and caching options mean nothing for a local model
             fields[key] = _evaluate(program, expr, inputs)
     fields.update({k: v for k, v in overrides.items() if v is not None})
     try:
@@ -124,7 +123,7 @@ def _starts(program: compiler.Program, rows: list[dict[str, Any]]):
     namespace = _namespace()
     starts = []
     for inputs in rows:
-        check_inputs(program, inputs)
+        checker.check_inputs(program, inputs)
         fn = program.function(tuple(sorted(inputs)), namespace)
         starts.append((functools.partial(fn, **inputs), program))
     return starts
@@ -147,14 +146,14 @@ def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: An
                  decoder: str | None = None, seed: int | None = None, on_text=None, trace: bool = False):
     options = decoder_options(program, inputs, name=decoder, seed=seed)
     m = resolve_model(program, inputs, model)
-    rows = [inputs] * (options.n if options.name == "sample" else 1)
+    rows = [inputs] * (options.n if options.decoder.row_per_result else 1)
     token = _current_model.set(m)
     try:
         results = run_program(program, m, _index(m), options, _starts(program, rows), on_text=on_text,
                               record_tokens=trace)
     finally:
         _current_model.reset(token)
-    return results if options.name in ("sample", "beam") and options.n > 1 else results[0]
+    return results if options.several else results[0]
 
 
 def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_size: int = 8, model: Any = None,
@@ -171,7 +170,7 @@ def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_si
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         options = decoder_options(program, chunk[0], seed=seed)
-        if options.name == "beam" or options.n > 1:
+        if not options.decoder.batches_inputs or options.n > 1:
             for i, row in enumerate(chunk):
                 yield start + i, run_compiled(program, row, model=model, seed=seed)
             continue

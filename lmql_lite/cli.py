@@ -153,6 +153,9 @@ def _use_color(args) -> bool:
 def _run(args) -> int:
     inputs = _parse_args(args.arg)
     source = _read_source(args.file)
+    from . import checker, compiler, parser
+    # the static checks come before `api`, which imports torch: such errors take no model load
+    checker.first_problem(compiler.compile_query(parser.parse_cached(source, args.file)), inputs)
     from . import api
     program = api.load(source, filename=args.file)
     if args.timeout is not None:

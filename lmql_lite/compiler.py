@@ -21,15 +21,6 @@ from . import nodes, runtime
 from .constraints import terms
 from .errors import LmqlSyntaxError
 
-DECODERS = {
-    # name: the options it accepts, besides the shared ones
-    "argmax": frozenset(),
-    "sample": frozenset({"n", "temperature", "top_k", "top_p", "seed"}),
-    "beam": frozenset({"n"}),
-}
-DECODER_ALIASES = {"beam_var": "beam", "var": "beam", "best_k": "beam", "beam_sample": "sample"}
-SHARED_OPTIONS = frozenset({"max_len", "max_tokens", "chunksize", "openai_chunksize", "healing"})
-
 # Names compiled code refers to; a query's own names never start with "__lmql".
 _RT, _C, _RESOLVE, _PROMPT, _FN = "__lmql_rt__", "__lmql_c__", "__lmql_v__", "__lmql_prompt__", "__lmql_query__"
 
@@ -42,6 +33,8 @@ class Program:
     holes: tuple[str, ...]
     inputs: tuple[str, ...]           # names the query reads but never defines: its inputs
     defined: tuple[str, ...] = ()     # names the query assigns, imports or defines
+    bound: frozenset[str] = frozenset()  # every name its code binds, in any scope (see bound_names)
+    returns: bool = True              # has a `return`; a nested query without one is a macro (LMQL)
     _code: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -72,7 +65,8 @@ def compile_query(query: nodes.Query) -> Program:
     holes = tuple(dict.fromkeys(
         p.name for prompt in query.prompts for p in prompt.parts if isinstance(p, nodes.Hole)))
     body = _parse_body(query)
-    builder = _Builder(query, holes)
+    bound = bound_names(body)
+    builder = _Builder(query, holes, bound)
     statements = [builder.visit(s) for s in body]
     statements = [s for item in statements for s in (item if isinstance(item, list) else [item])]
     fn = ast.FunctionDef(name=_FN, args=_arguments(()), body=statements or [ast.Pass()],
@@ -83,7 +77,35 @@ def compile_query(query: nodes.Query) -> Program:
     module = ast.Module(body=[fn], type_ignores=[])
     ast.fix_missing_locations(module)
     inputs, defined = _names(module)
-    return Program(query=query, module=module, holes=holes, inputs=inputs, defined=defined)
+    return Program(query=query, module=module, holes=holes, inputs=inputs, defined=defined, bound=bound,
+                   returns=_returns(body))
+
+
+def _returns(body: list[ast.stmt]) -> bool:
+    """The query's own code (not a function defined in it) has a `return` statement."""
+    stack = list(body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Return):
+            return True
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            stack.extend(ast.iter_child_nodes(node))
+    return False
+
+
+def bound_names(body: list[ast.stmt]) -> frozenset[str]:
+    """Names the query's own code binds anywhere: assignments, imports, definitions, parameters."""
+    names = set()
+    for node in (n for stmt in body for n in ast.walk(stmt)):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+    return frozenset(names)
 
 
 def _arguments(params: tuple[str, ...]) -> ast.arguments:
@@ -121,19 +143,15 @@ def _names(module: ast.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def _parse_body(query: nodes.Query) -> list[ast.stmt]:
-    source = query.body
-    if query.body_indented:
-        source = "if True:\n" + source
-    try:
-        tree = ast.parse(source, query.filename)
-    except SyntaxError as e:
-        line = (e.lineno or 1) - (1 if query.body_indented else 0)
-        raise _syntax_error(query, f"invalid Python: {e.msg}", max(line, 1), e.offset or 1) from None
-    if query.body_indented:
-        ast.increment_lineno(tree, -1)
-        body = tree.body[0].body
-    else:
-        body = tree.body
+    body: list[ast.stmt] = []
+    for source, shift, wrapped in query.blocks():
+        try:
+            tree = ast.parse(source, query.filename)
+        except SyntaxError as e:
+            line = (e.lineno or 1) - shift
+            raise _syntax_error(query, f"invalid Python: {e.msg}", max(line, 1), e.offset or 1) from None
+        ast.increment_lineno(tree, -shift)
+        body += tree.body[0].body if wrapped else tree.body
     return body
 
 
@@ -193,9 +211,10 @@ def _thunk(body: ast.expr) -> ast.Lambda:
 class _Builder(ast.NodeTransformer):
     """Rewrites the query body: prompt placeholders become yields, `await` runs synchronously."""
 
-    def __init__(self, query: nodes.Query, holes: tuple[str, ...]):
+    def __init__(self, query: nodes.Query, holes: tuple[str, ...], bound: frozenset[str]):
         self.query = query
         self.holes = holes
+        self.bound = bound
         self.global_where = parse_expr(query, query.where) if query.where else None
         self.distribution = query.distribution
         if self.distribution and self.distribution.var not in holes:
@@ -267,9 +286,9 @@ class _Builder(ast.NodeTransformer):
         kwargs: dict[str, ast.expr] = {}
         wheres = []
         if scoped is not None:
-            wheres.append(_WhereRewriter(set(statement_holes) | {hole.name}).visit(_copy(scoped)))
+            wheres.append(_WhereRewriter(set(statement_holes) | {hole.name}, self.bound).visit(_copy(scoped)))
         if self.global_where is not None:
-            wheres.append(_WhereRewriter(set(self.holes)).visit(_copy(self.global_where)))
+            wheres.append(_WhereRewriter(set(self.holes), self.bound).visit(_copy(self.global_where)))
         if wheres:
             where = wheres[0] if len(wheres) == 1 else _call(_attr(_C, "and_"), *map(_thunk, wheres))
             kwargs["where"] = ast.Lambda(args=_arguments((_RESOLVE,)), body=where)
@@ -309,11 +328,28 @@ def _copy(expr: ast.expr) -> ast.expr:
     return copy.deepcopy(expr)
 
 
+def where_rewriter(holes: set[str], bound: frozenset[str]) -> "_WhereRewriter":
+    """The rewriter of where expressions that the compiled query uses (for the static checks)."""
+    return _WhereRewriter(holes, bound)
+
+
+def where_function(conjuncts: list[ast.expr]) -> ast.Expression:
+    """`lambda resolve: c1 and c2 ...` over rewritten conjuncts, as compiled holes hold it; see where_names."""
+    body = conjuncts[0] if len(conjuncts) == 1 else _call(_attr(_C, "and_"), *map(_thunk, conjuncts))
+    return ast.fix_missing_locations(ast.Expression(ast.Lambda(args=_arguments((_RESOLVE,)), body=body)))
+
+
+def where_names() -> dict[str, Any]:
+    """The globals a where_function needs."""
+    return {_C: terms, _RT: runtime}
+
+
 class _WhereRewriter(ast.NodeTransformer):
     """Rewrites a where expression to build constraint terms (see constraints.terms)."""
 
-    def __init__(self, holes: set[str]):
+    def __init__(self, holes: set[str], bound: frozenset[str] = frozenset()):
         self.holes = holes
+        self.bound = bound  # names the query defines: a `def regex(...)` of its own is not REGEX
 
     def visit_Name(self, node):
         if node.id in self.holes and isinstance(node.ctx, ast.Load):
@@ -344,8 +380,9 @@ class _WhereRewriter(ast.NodeTransformer):
     def visit_Call(self, node):
         self.generic_visit(node)
         func = node.func
-        if isinstance(func, ast.Name) and func.id in terms.BUILTINS:
-            return ast.copy_location(_call(_attr(_C, func.id), *node.args), node)
+        builder = terms.builder(func.id) if isinstance(func, ast.Name) and func.id not in self.bound else None
+        if builder is not None:
+            return ast.copy_location(_call(_attr(_C, builder), *node.args), node)
         if isinstance(func, ast.Name) and func.id == "len" and len(node.args) == 1:
             return ast.copy_location(_call(_attr(_C, "len_"), node.args[0]), node)
         source = ast.unparse(node)

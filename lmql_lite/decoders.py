@@ -1,80 +1,138 @@
-"""How the next token is chosen under a mask: argmax, sampling, beam expansion, and scoring of given values."""
+"""How the next tokens are chosen from masked logits: `Argmax`, `Sample`, `Beam`, each a step over rows.
+
+A step gets the logits of every row `(rows, vocab)` and what each row is (`Row`: its mask, its
+total log-probability, the text it spells) and returns the rows of the next step as `Choice`s
+`(parent_row, token, logprob)`: argmax and sampling keep every row and give each one token;
+beam search keeps the n most likely continuations of all rows together, so a row may be
+dropped or continued twice. The table of decoder names and options is `options.DECODERS`.
+"""
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
-import torch
 
-from .errors import QueryArgumentError
+from .constraints.base import Mask
+from .options import DecoderOptions
+
+__all__ = ["Argmax", "Sample", "Beam", "Choice", "Row", "DecoderOptions", "for_options"]
 
 
 @dataclass(frozen=True)
-class DecoderOptions:
-    name: str = "argmax"              # argmax, sample or beam
-    n: int = 1                        # results (sample, beam)
-    temperature: float = 1.0          # sample: logits are divided by it
-    top_k: int | None = None          # sample: keep the k most likely allowed tokens
-    top_p: float | None = None        # sample: keep the smallest set with this much probability
-    seed: int | None = None           # sample: makes runs reproducible
-    max_len: int = 2048               # tokens in the whole sequence, prompt included
-    max_tokens: int | None = None     # tokens per hole (LMQL's option of that name)
-    healing: bool = True              # token healing at the start of each hole
-
-    def __post_init__(self):
-        if self.n < 1:
-            raise QueryArgumentError(f"{self.name}: n must be at least 1, got {self.n}")
-        if self.temperature <= 0 and self.name == "sample":
-            raise QueryArgumentError(f"sample: temperature must be positive, got {self.temperature}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise QueryArgumentError(f"sample: top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k is not None and self.top_k < 1:
-            raise QueryArgumentError(f"sample: top_k must be at least 1, got {self.top_k}")
-        if self.max_len < 1:
-            raise QueryArgumentError(f"max_len must be at least 1, got {self.max_len}")
+class Row:
+    """What a decoder sees of one row."""
+    row: int
+    mask: Mask | None                       # None: the row needs no token (its result is complete)
+    logprob: float = 0.0                    # the row's total so far (beam ranking)
+    spell: Callable[[int | None], Hashable] | None = None  # the text it spells after a token (beam dedupe)
 
 
-_MAX_CACHED = 512  # masks are cached per automaton state; keep what was derived from the most recent ones
-_BIASES: "OrderedDict[int, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
-_IDS: "OrderedDict[int, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
+@dataclass(frozen=True)
+class Choice:
+    """One row of the next step: it continues row `row` with `token` (None: as it is)."""
+    row: int
+    token: int | None
+    logprob: float = 0.0                    # of the token under the masked distribution chosen from
+    allowed: int = 0                        # tokens the mask allowed (for --trace)
 
 
-def _per_mask(cache: OrderedDict, allowed: np.ndarray, build) -> np.ndarray:
-    """`build(allowed)`, cached by the mask array's identity (guides reuse their mask arrays)."""
-    hit = cache.get(id(allowed))
-    if hit is not None and hit[0] is allowed:
-        cache.move_to_end(id(allowed))
-        return hit[1]
-    value = build(allowed)
-    cache[id(allowed)] = (allowed, value)  # holding the mask keeps its id from being reused
-    if len(cache) > _MAX_CACHED:
-        cache.popitem(last=False)
-    return value
+class Argmax:
+    """The most likely allowed token of each row."""
+    name = "argmax"
+
+    def __init__(self, options: DecoderOptions):
+        self.options = options
+
+    def step(self, logits: np.ndarray, rows: Sequence[Row]) -> list[Choice]:
+        out = []
+        for r in rows:
+            if r.mask is None:
+                out.append(Choice(r.row, None))
+                continue
+            scores = masked(logits[r.row], r.mask)  # (vocab,)
+            token = int(np.argmax(scores))
+            out.append(Choice(r.row, token, log_softmax_at(scores, token), r.mask.count))
+        return out
+
+    def rank(self, results: list) -> list:
+        """The results to report, in order."""
+        return results
 
 
-def mask_bias(allowed: np.ndarray) -> np.ndarray:
-    """0 where a token is allowed, -inf elsewhere (vocab,)."""
-    return _per_mask(_BIASES, allowed, lambda a: np.where(a, np.float32(0.0), np.float32(-np.inf)))
+class Sample(Argmax):
+    """A token of each row drawn from its masked distribution after temperature, top-k and top-p."""
+    name = "sample"
+
+    def __init__(self, options: DecoderOptions):
+        super().__init__(options)
+        self.rng = np.random.default_rng(options.seed)  # seeded: a run is reproducible
+
+    def step(self, logits: np.ndarray, rows: Sequence[Row]) -> list[Choice]:
+        out = []
+        for r in rows:
+            if r.mask is None:
+                out.append(Choice(r.row, None))
+                continue
+            token, logprob = pick_sample(masked(logits[r.row], r.mask), self.options, self.rng)
+            out.append(Choice(r.row, token, logprob, r.mask.count))
+        return out
 
 
-def allowed_ids(allowed: np.ndarray) -> np.ndarray:
-    """The token ids a mask allows, sorted."""
-    return _per_mask(_IDS, allowed, np.flatnonzero)
+class Beam(Argmax):
+    """The n most likely continuations over all rows; a complete result competes with them as it is."""
+    name = "beam"
+
+    def step(self, logits: np.ndarray, rows: Sequence[Row]) -> list[Choice]:
+        n = self.options.n
+        candidates = []  # (total logprob, Choice)
+        for r in rows:
+            if r.mask is None:
+                candidates.append((r.logprob, Choice(r.row, None)))
+                continue
+            for token, logprob in top_candidates(masked(logits[r.row], r.mask), n):
+                candidates.append((r.logprob + logprob, Choice(r.row, token, logprob, r.mask.count)))
+        candidates.sort(key=lambda c: -c[0])
+        # Two tokenizations of the same text are one result: keep the more likely.
+        spell = {r.row: r.spell for r in rows}
+        chosen, texts = [], set()
+        for _, choice in candidates:
+            text = spell[choice.row](choice.token)
+            if text not in texts:
+                texts.add(text)
+                chosen.append(choice)
+            if len(chosen) == n:
+                break
+        return chosen
+
+    def rank(self, results: list) -> list:
+        """Most likely first; several tokenizations of one text are one result, the likeliest."""
+        out, seen = [], set()
+        for r in sorted(results, key=lambda r: -r.logprob):
+            if r.prompt not in seen:
+                seen.add(r.prompt)
+                out.append(r)
+        return out
 
 
-def masked(logits: torch.Tensor, allowed: np.ndarray) -> np.ndarray:
+_CLASSES = {cls.name: cls for cls in (Argmax, Sample, Beam)}  # one per row of options.DECODERS
+
+
+def for_options(options: DecoderOptions) -> Argmax:
+    """The decoder that `options` names."""
+    return _CLASSES[options.name](options)
+
+
+# ---- the arithmetic, on numpy rows -----------------------------------------------------------
+
+def masked(logits: np.ndarray, mask: Mask) -> np.ndarray:
     """Logits with every disallowed token at -inf.  (vocab,) → (vocab,)
 
     Plain numpy on one core: for one row of ~50k logits it is several times faster than
-    torch's multi-threaded element-wise kernels.
+    torch's multi-threaded element-wise kernels. The bias is computed once per mask.
     """
-    return logits.numpy() + mask_bias(allowed)
-
-
-def pick_argmax(scores: np.ndarray) -> int:
-    return int(np.argmax(scores))
+    return logits + mask.bias
 
 
 def log_softmax_at(scores: np.ndarray, token: int) -> float:
@@ -99,11 +157,13 @@ def sampling_logits(scores: np.ndarray, options: DecoderOptions) -> np.ndarray:
     return scores
 
 
-def pick_sample(scores: np.ndarray, options: DecoderOptions, generator: torch.Generator) -> tuple[int, float]:
+def pick_sample(scores: np.ndarray, options: DecoderOptions, rng: np.random.Generator) -> tuple[int, float]:
     """A token drawn from the sampling distribution, and its log-probability under it."""
     logits = sampling_logits(scores, options)
-    probs = torch.softmax(torch.from_numpy(logits), -1)
-    token = int(torch.multinomial(probs, 1, generator=generator))
+    weights = np.exp(logits.astype(np.float64) - logits.max())
+    cumulative = np.cumsum(weights)
+    # The first token whose cumulative weight passes a uniform draw; a token of weight 0 never is.
+    token = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
     return token, log_softmax_at(logits, token)
 
 
@@ -115,15 +175,6 @@ def top_candidates(scores: np.ndarray, k: int) -> list[tuple[int, float]]:
     top = scores.max()
     norm = top + np.log(np.exp(scores - top).sum())
     return [(int(i), float(scores[i] - norm)) for i in ids]
-
-
-def continuation_logprob(first: torch.Tensor, rest: torch.Tensor, tokens: list[int]) -> float:
-    """log P(tokens | prefix) from the logits after the prefix `first` (vocab,) and after each token `rest` (len, vocab)."""
-    total = float(torch.log_softmax(first, -1)[tokens[0]])
-    if len(tokens) > 1:
-        lp = torch.log_softmax(rest[:-1], -1)
-        total += float(lp[torch.arange(len(tokens) - 1), torch.tensor(tokens[1:])].sum())
-    return total
 
 
 def normalise(logprobs: dict[str, float]) -> dict[str, float]:

@@ -49,6 +49,10 @@ class ConstraintError(LmqlError):
     exit_code = 3
 
 
+class ConstraintBudgetError(ConstraintError):
+    """Compiling a constraint would pass its size or time budget (the message names the knob that raises it)."""
+
+
 class ModelError(LmqlError):
     """A model cannot be found, loaded or run."""
     exit_code = 4

@@ -5,12 +5,16 @@ import hashlib
 import io
 import weakref
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .models import cache
+from . import cache
+from .constraints import automata
+
+MAX_CACHED_STATES = 2048  # per automaton: the token walks kept for reuse
 
 
 @dataclass(frozen=True)
@@ -83,12 +87,21 @@ class TokenIndex:
         return c
 
     def allowed(self, automaton, state: int, armed: bool) -> Allowed:
-        """The tokens that keep `automaton` alive from `state` (cached); `armed`: stop phrases end the walk."""
-        cache = self.cache(automaton)
-        key = ("allowed", state, armed)
+        """The tokens that keep `automaton` alive from `state` (cached); `armed`: stop phrases end the walk.
+
+        The most recent `MAX_CACHED_STATES` per automaton are kept (a permissive state's arrays take
+        about 0.5 MB on a 49k vocabulary); a new walk counts against the compile-time budget.
+        """
+        cache = self.cache(automaton).setdefault("allowed", OrderedDict())
+        key = (state, armed)
         hit = cache.get(key)
         if hit is None:
+            automata.spend()
             hit = cache[key] = self.walk(automaton, state, armed)
+            if len(cache) > MAX_CACHED_STATES:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
         return hit
 
     def walk(self, automaton, state: int, armed: bool, prefix: bytes = b"") -> Allowed:

@@ -83,9 +83,9 @@ class Query:
     statement on its original line and column. The decoder clause and the `from`/`where`/
     `distribution` clauses are blanked out (replaced by spaces), and each prompt statement is
     replaced by the call `__lmql_prompt__(K)` (K indexes `prompts`), padded with newlines inside
-    the parentheses when the statement spans several lines. `body_indented` says the body is an
-    indented block (standalone syntax, `argmax` on a line of its own or `argmax "..."` on one
-    line), so the compiler parses it inside a block.
+    the parentheses when the statement spans several lines. The first `prologue_lines` lines are
+    Python written before the decoder line (LMQL's prologue), a block of their own; `body_indented`
+    says the rest is an indented block (standalone syntax, or a query indented as a whole).
     """
     body: str
     prompts: tuple[Prompt, ...]
@@ -96,3 +96,26 @@ class Query:
     distribution: Distribution | None = None
     filename: str = "<query>"
     source: str = ""
+    prologue_lines: int = 0
+
+    def blocks(self) -> list[tuple[str, int, bool]]:
+        """The body as Python modules to parse: (text, lines to subtract from its line numbers, wrapped).
+
+        An indented block is parsed inside `if True:`, written on a line of the block that is blank
+        (the decoder's) when there is one, else on a line of its own (shift 1).
+        """
+        lines = self.body.split("\n")
+        p = self.prologue_lines
+        texts = ["\n".join(lines[:p]), "\n" * p + "\n".join(lines[p:])] if p else [self.body]
+        out = []
+        for text in texts:
+            code = [line for line in text.split("\n") if line.strip() and not line.lstrip().startswith("#")]
+            if not code or not code[0][0].isspace():
+                out.append((text, 0, False))
+                continue
+            first, _, rest = text.partition("\n")
+            if not first.strip() and rest:
+                out.append(("if True:\n" + rest, 0, True))
+            else:
+                out.append(("if True:\n" + text, 1, True))
+        return out

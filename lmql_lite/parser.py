@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import ast
 import bisect
+import dataclasses
+import difflib
 import functools
 import hashlib
 import importlib.resources
@@ -17,13 +19,9 @@ import lark
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
 from lark.indenter import PythonIndenter
 
-from . import nodes
+from . import cache, nodes, options
 from .errors import LmqlError, LmqlSyntaxError
-from .models import cache
 
-# LMQL 0.7's decoders; a first line naming one of them (bare or called, alone or followed by a
-# string) is the decoder clause. Any other first line is Python or a prompt.
-DECODERS = frozenset({"argmax", "sample", "beam", "beam_var", "var", "best_k", "beam_sample"})
 ROLES = frozenset({"system", "user", "assistant"})
 MAX_NESTING = 100  # brackets; CPython's own parser stops at 200
 
@@ -105,18 +103,38 @@ def _code_fingerprint() -> bytes:
 # --- the Lark parser, built once per process (and cached on disk between processes) -----------
 
 class _Indenter(PythonIndenter):
-    """Python's INDENT/DEDENT tokens, plus bracket checks that point at the offending bracket."""
+    """Python's INDENT/DEDENT tokens, plus bracket checks that point at the offending bracket.
+
+    Two liberties LMQL takes: the whole query may be indented (`base`, the first line's indentation,
+    is the top level), and a line that ends in `and`/`or` goes on on the next line (never valid
+    Python, so no Python changes meaning). `joined` lists the offsets of the line breaks so joined,
+    for the expression text to mark them as continuations.
+    """
 
     PAIRS = {"LPAR": "RPAR", "LSQB": "RSQB", "LBRACE": "RBRACE"}
+    base = 0     # the indentation of the query's first line
+    end = 0      # the length of the text
+    joined: list[int] = []
+
+    def process(self, stream):
+        self.paren_level = 0
+        self.indent_level = [self.base]
+        self.joined = []
+        return self._process(stream)
 
     def _process(self, stream):
         opened: list[lark.Token] = []
-        token = None
+        token = previous = None
         for token in stream:
             if token.type == self.NL_type:
-                if not opened:
-                    yield from self._handle_newline(token)
+                if opened:
+                    continue
+                if _is_bool_op(previous):
+                    self.joined.append(token.start_pos)
+                    continue
+                yield from self._handle_newline(token)
                 continue
+            previous = token
             yield token
             if token.type in self.PAIRS:
                 opened.append(token)
@@ -139,6 +157,10 @@ class _Indenter(PythonIndenter):
         yield token
         indent_str = token.rsplit("\n", 1)[1]
         indent = indent_str.count(" ") + indent_str.count("\t") * self.tab_len
+        if indent < self.base:
+            if token.end_pos < self.end:
+                raise _error("this line is indented less than the query's first line", token.end_line, token.end_column)
+            indent = self.base  # the end of the query
         if indent > self.indent_level[-1]:
             self.indent_level.append(indent)
             yield _token_after(self.INDENT_type, indent_str, token)
@@ -148,6 +170,10 @@ class _Indenter(PythonIndenter):
             yield _token_after(self.DEDENT_type, indent_str, token)
         if indent != self.indent_level[-1]:
             raise _error("unindent does not match any outer indentation level", token.end_line, token.end_column)
+
+
+def _is_bool_op(token: lark.Token | None) -> bool:
+    return token is not None and token.type in ("AND", "OR") and str(token) in ("and", "or")
 
 
 def _token_after(kind: str, value: str, token: lark.Token | None) -> lark.Token:
@@ -295,30 +321,98 @@ def _end_position(text: str) -> tuple[int, int]:
 
 # --- the decoder line -----------------------------------------------------------------------
 
-def _has_decoder(text: str) -> bool:
-    """A known decoder name, bare or called, alone on the first line or followed by a string."""
-    tokens = tokenize.generate_tokens(io.StringIO(text).readline)
-    skip = (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.ENCODING)
+def _indent_of(line: str) -> int:
+    """A line's indentation as the indenter counts it."""
+    lead = line[:len(line) - len(line.lstrip(" \t\f"))]
+    return lead.count(" ") + lead.count("\t") * _Indenter.tab_len
+
+
+def _base_indent(text: str) -> int:
+    """The indentation of the first line holding code: a query indented as a whole starts there."""
+    for line in text.split("\n"):
+        if line.strip() and not line.lstrip().startswith("#"):
+            return _indent_of(line)
+    return 0
+
+
+def _decoder_line(text: str) -> tuple[int, str] | None:
+    """(offset, name) of the decoder clause's line, or None when the query has none.
+
+    The decoder line is the first top-level line that is a decoder name, bare or called, alone or
+    followed by a string, before any prompt statement; lines before it are Python (LMQL's prologue:
+    imports, assignments, definitions). A name the prologue already uses (`from random import
+    sample`) stays Python. A name that is no decoder is still taken as one (and reported as unknown)
+    where Python could not mean it: followed by a string or an indented block, or a near-miss of a
+    decoder name (`sampel(n=2)`) that the query never defines.
+    """
+    lines = text.split("\n")
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line) + 1)
+    seen: set[str] = set()
+    tokens: list[tokenize.TokenInfo] = []
     try:
-        first = next(t for t in tokens if t.type not in skip)
-        if first.type != tokenize.NAME or first.string not in DECODERS:
-            return False
-        after = next(tokens)
-        if after.type == tokenize.OP and after.string == "(":
-            depth = 1
-            while depth:
-                t = next(tokens)
-                if t.type == tokenize.OP and t.string in "([{":
-                    depth += 1
-                elif t.type == tokenize.OP and t.string in ")]}":
-                    depth -= 1
-            after = next(tokens)
-        while after.type == tokenize.COMMENT:
-            after = next(tokens)
-        starts_string = after.type == tokenize.STRING or tokenize.tok_name.get(after.type) == "FSTRING_START"
-        return starts_string or after.type in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)
-    except (StopIteration, tokenize.TokenError, SyntaxError, ValueError):
-        return False
+        for t in tokenize.generate_tokens(io.StringIO(text).readline):
+            tokens.append(t)
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        pass  # the lines before the problem decide; Lark reports the problem with its position
+    skip = (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.ENCODING)
+    level, top, i = 0, None, 0
+    while i < len(tokens):
+        t = tokens[i]
+        if t.type == tokenize.INDENT:
+            level += 1
+        elif t.type == tokenize.DEDENT:
+            level -= 1
+        if t.type in skip or t.type in (tokenize.INDENT, tokenize.DEDENT):
+            i += 1
+            continue
+        if t.type == tokenize.ENDMARKER:
+            return None
+        # t starts a logical line; its tokens run to the next NEWLINE
+        j = i
+        while j < len(tokens) and tokens[j].type not in (tokenize.NEWLINE, tokenize.ENDMARKER):
+            j += 1
+        line = tokens[i:j]
+        top = level if top is None else top
+        if level == top and (t.type == tokenize.STRING or tokenize.tok_name.get(t.type) == "FSTRING_START"):
+            return None  # a prompt statement: the body has begun
+        if level == top and t.type == tokenize.NAME and t.string not in seen and not keyword.iskeyword(t.string):
+            shape = _decoder_shape(line)
+            if shape is not None:
+                name = t.string.lower() if t.string.lower() in options.NAMES else t.string
+                followed = shape == "string" or any(u.type == tokenize.INDENT for u in tokens[j:j + 3])
+                close = difflib.get_close_matches(name, options.NAMES, 1, cutoff=0.75)
+                if name in options.NAMES or followed or close and shape == "call":
+                    return starts[t.start[0] - 1], name
+        seen.update(u.string for u in line if u.type == tokenize.NAME)
+        i = j
+    return None
+
+
+def _decoder_shape(line: list) -> str | None:
+    """'bare', 'call' or 'string' when a logical line reads `name`, `name(...)`, optionally then a string."""
+    k = 1
+    if k < len(line) and line[k].type == tokenize.OP and line[k].string == "(":
+        depth = 0
+        while k < len(line):
+            if line[k].type == tokenize.OP and line[k].string in "([{":
+                depth += 1
+            elif line[k].type == tokenize.OP and line[k].string in ")]}":
+                depth -= 1
+                if depth == 0:
+                    break
+            k += 1
+        k += 1
+        shape = "call"
+    else:
+        shape = "bare"
+    rest = [u for u in line[k:] if u.type not in (tokenize.COMMENT, tokenize.NL)]
+    if not rest:
+        return shape
+    if rest[0].type == tokenize.STRING or tokenize.tok_name.get(rest[0].type) == "FSTRING_START":
+        return "string"
+    return None
 
 
 # --- building the nodes ---------------------------------------------------------------------
@@ -339,6 +433,8 @@ class _Builder:
         self.filename = filename
         self.text = source if source.endswith("\n") else source + "\n"
         self.line_starts = [0] + [m.end() for m in re.finditer("\n", self.text)]
+        self.joined: set[int] = set()  # offsets of line breaks joined after/before `and`/`or`
+        self.inline_distribution: nodes.Distribution | None = None  # `"..." distribution X in [...]`
 
     def pos(self, offset: int) -> nodes.Pos:
         line = bisect.bisect_right(self.line_starts, offset)
@@ -350,15 +446,20 @@ class _Builder:
 
     def build(self) -> nodes.Query:
         self.check_characters()
-        decoded = _has_decoder(self.text)
-        try:
-            tree = _parser().parse(self.text, start="decoded_query" if decoded else "plain_query")
-        except LmqlError:
-            raise
-        except (LarkError, AssertionError, IndexError, KeyError) as e:
-            raise _from_lark(e, self.text) from None
+        found = _decoder_line(self.text)
         edits: list[tuple[int, int, str]] = []
-        prompts = self.prompts(tree, edits)
+        prompts: list[nodes.Prompt] = []
+        prologue_lines = 0
+        if found is None:
+            tree = self.parse(self.text, "plain_query")
+        else:
+            at = found[0]
+            prologue_lines = self.text.count("\n", 0, at)
+            if prologue_lines:
+                prologue = self.parse(self.text[:at] + _blank(self.text[at:]), "plain_query")
+                self.prompts(prologue, edits, prompts)
+            tree = self.parse(_blank(self.text[:at]) + self.text[at:], "decoded_query")
+        self.prompts(tree, edits, prompts)
         decoder = model = where = distribution = None
         for child in tree.children:
             if not isinstance(child, lark.Tree):
@@ -371,18 +472,38 @@ class _Builder:
             elif kind == "where_clause":
                 where = self.expr(child.children[0])
             elif kind == "distribution_clause":
-                dist = child.children[0]
-                var, values = dist.children
-                distribution = nodes.Distribution(str(var), self.expr(values), self.pos(var.start_pos))
+                distribution = self.distribution(child.children[0], self.inline_distribution)
             else:
                 continue
             edits.append((*_span(child), ""))
+        distribution = self.inline_distribution or distribution
         body = self.body(edits)
-        indented = tree.data in ("indented_query", "line_query")
-        self.check_body(body, indented)
-        return nodes.Query(body=body, prompts=tuple(prompts), body_indented=indented, decoder=decoder,
-                           model=model, where=where, distribution=distribution,
-                           filename=self.filename, source=self.source)
+        query = nodes.Query(body=body, prompts=tuple(prompts), decoder=decoder, model=model, where=where,
+                            distribution=distribution, filename=self.filename, source=self.source,
+                            prologue_lines=prologue_lines)
+        blocks = query.blocks()
+        query = dataclasses.replace(query, body_indented=blocks[-1][2])
+        self.check_body(blocks)
+        return query
+
+    def parse(self, text: str, start: str) -> lark.Tree:
+        parser = _parser()
+        parser.options.postlex.base = _base_indent(text)
+        parser.options.postlex.end = len(text)
+        try:
+            tree = parser.parse(text, start=start)
+        except LmqlError:
+            raise
+        except (LarkError, AssertionError, IndexError, KeyError) as e:
+            raise _from_lark(e, text) from None
+        self.joined.update(parser.options.postlex.joined)
+        return tree
+
+    def distribution(self, tree: lark.Tree, known: nodes.Distribution | None) -> nodes.Distribution:
+        var, values = tree.children
+        if known is not None:
+            raise self.error("a query has one distribution clause", var.start_pos)
+        return nodes.Distribution(str(var), self.expr(values), self.pos(var.start_pos))
 
     def check_characters(self) -> None:
         m = re.search(r"[\x00\ud800-\udfff]", self.source)
@@ -391,7 +512,7 @@ class _Builder:
             raise self.error(f"{what} in the query", m.start())
 
     # Prompt statements: every bare string statement but a docstring, and `"..." where C`.
-    def prompts(self, tree: lark.Tree, edits: list) -> list[nodes.Prompt]:
+    def prompts(self, tree: lark.Tree, edits: list, prompts: list[nodes.Prompt]) -> None:
         docstrings = set()
         for sub in tree.iter_subtrees():
             if _kind(sub) in ("funcdef", "classdef"):
@@ -400,14 +521,19 @@ class _Builder:
                 if isinstance(first, lark.Tree) and _kind(first) == "simple_stmt":
                     first = first.children[0]
                 docstrings.add(id(first))
-        prompts = []
         for sub in tree.iter_subtrees_topdown():
             kind = _kind(sub)
+            where = None
             if kind in ("prompt_stmt", "line_prompt"):
-                strings, where = sub.children
+                strings, *rest = sub.children
+                for child in rest:
+                    if isinstance(child, lark.Tree) and _kind(child) == "distribution":
+                        self.inline_distribution = self.distribution(child, self.inline_distribution)
+                    elif child is not None:
+                        where = child
             elif kind == "expr_stmt" and id(sub) not in docstrings and len(sub.children) == 1 \
-                    and isinstance(sub.children[0], lark.Tree) and _kind(sub.children[0]) in ("string", "string_concat"):
-                strings, where = sub.children[0], None
+                    and _strings(sub.children[0]) is not None:
+                strings = _strings(sub.children[0])
             else:
                 continue
             tokens = [s.children[0] for s in (strings.children if _kind(strings) == "string_concat" else [strings])]
@@ -418,7 +544,6 @@ class _Builder:
             prompts.append(nodes.Prompt(tuple(_merge_text(parts)), self.pos(start),
                                         self.expr(where) if where is not None else None))
             edits.append((start, end, f"{_PROMPT_CALL}({len(prompts) - 1}"))
-        return prompts
 
     def decoder(self, tree: lark.Tree) -> nodes.Decoder:
         name, arguments = tree.children
@@ -431,11 +556,22 @@ class _Builder:
                 args.append(self.expr(value))
             else:
                 kwargs.append((str(key), self.expr(value)))
-        return nodes.Decoder(str(name), self.pos(name.start_pos), tuple(args), tuple(kwargs))
+        # LMQL reads decoder names case-insensitively (ARGMAX); an unknown name is kept as written
+        written = str(name)
+        known = written.lower() if written.lower() in options.NAMES else written
+        return nodes.Decoder(known, self.pos(name.start_pos), tuple(args), tuple(kwargs))
 
     def expr(self, node) -> nodes.Expr:
         start, end = _span(node)
-        return self.python_expr(self.text[start:end], list(range(start, end + 1)))
+        code, offsets = [], []
+        for k in range(start, end):
+            if k in self.joined:  # a line continued after `and`/`or`: a backslash makes it one line for Python
+                code.append("\\")
+                offsets.append(k)
+            code.append(self.text[k])
+            offsets.append(k)
+        offsets.append(end)
+        return self.python_expr("".join(code), offsets)
 
     def python_expr(self, code: str, offsets: list[int]) -> nodes.Expr:
         """An `Expr` for `code`, whose character i sits at source offset `offsets[i]`; checked by Python."""
@@ -518,23 +654,37 @@ class _Builder:
         body = "".join(out)
         return body if self.source.endswith("\n") else body[:-1]  # drop the newline parse() added
 
-    def check_body(self, body: str, indented: bool) -> None:
+    def check_body(self, blocks: list[tuple[str, int]]) -> None:
         """The body must be Python, as the compiler will parse it; report what Lark let through."""
-        code = "if 1:\n" + body if indented else body
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ast.parse(code)
-        except SyntaxError as e:
-            line = (e.lineno or 1) - (1 if indented else 0)
-            line = min(max(line, 1), len(self.line_starts))
-            column = e.offset or 1
-            source_line = self.text.split("\n")[line - 1]
-            raise LmqlSyntaxError(e.msg or "invalid syntax", line=line, column=min(max(column, 1), len(source_line) + 1)) from None
-        except (RecursionError, MemoryError):
-            raise self.error("nesting too deep", 0) from None
-        except ValueError as e:
-            raise self.error(str(e), 0) from None
+        for code, shift, _ in blocks:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ast.parse(code)
+            except SyntaxError as e:
+                line = min(max((e.lineno or 1) - shift, 1), len(self.line_starts))
+                column = e.offset or 1
+                source_line = self.text.split("\n")[line - 1]
+                raise LmqlSyntaxError(e.msg or "invalid syntax", line=line,
+                                      column=min(max(column, 1), len(source_line) + 1)) from None
+            except (RecursionError, MemoryError):
+                raise self.error("nesting too deep", 0) from None
+            except ValueError as e:
+                raise self.error(str(e), 0) from None
+
+
+def _blank(text: str) -> str:
+    """`text` with everything but line breaks turned into spaces: offsets, lines and columns kept."""
+    return re.sub(r"[^\n]", " ", text)
+
+
+def _strings(node) -> lark.Tree | None:
+    """The string or adjacent strings of an expression statement that is a prompt: `"a"`, `("a" "b")`."""
+    if isinstance(node, lark.Tree) and _kind(node) == "paren" and len(node.children) == 1:
+        node = node.children[0]
+    if isinstance(node, lark.Tree) and _kind(node) in ("string", "string_concat"):
+        return node
+    return None
 
 
 def _index_of(code: str, lineno: int | None, offset: int | None) -> int:

@@ -8,16 +8,69 @@ character. Products are built on demand from the start state (only reachable pai
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import math
+import os
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import ConstraintError
+from ..errors import ConstraintBudgetError, ConstraintError
 
-_MAX_STATES = 200_000  # a product larger than this is a constraint we refuse, not a hang
+# ---- budgets: every construction below is bounded in states (memory) and in time -------------
+
+MAX_STATES_VAR, MAX_STATES = "LMQL_LITE_MAX_STATES", 100_000          # about 1 KB of table per state
+MAX_SECONDS_VAR, MAX_SECONDS = "LMQL_LITE_MAX_COMPILE_SECONDS", 60.0  # per hole's constraint
+_deadline: contextvars.ContextVar = contextvars.ContextVar("lmql_lite_compile_deadline", default=None)
+
+
+def _limit(var: str, default: float, kind: type) -> float:
+    text = os.environ.get(var)
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or value == math.inf:
+        raise ConstraintError(f"{var}={text!r} must be a positive {kind.__name__}")
+    return value
+
+
+def max_states() -> int:
+    """The most states one automaton may have (LMQL_LITE_MAX_STATES)."""
+    return int(_limit(MAX_STATES_VAR, MAX_STATES, int))
+
+
+@contextlib.contextmanager
+def budget():
+    """Bound the time of everything compiled inside (LMQL_LITE_MAX_COMPILE_SECONDS); nested uses share the outer one."""
+    if _deadline.get() is not None:
+        yield
+        return
+    token = _deadline.set(time.monotonic() + _limit(MAX_SECONDS_VAR, MAX_SECONDS, float))
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def spend(states: int = 0, limit: int | None = None) -> None:
+    """ConstraintBudgetError when an automaton has grown past `limit` (default: max_states()) states, or time is up."""
+    limit = max_states() if limit is None else limit
+    if states > limit:
+        raise ConstraintBudgetError(f"the constraint needs more than {limit:,} automaton states "
+                                    f"(set {MAX_STATES_VAR} to raise the limit)")
+    deadline = _deadline.get()
+    if deadline is not None and time.monotonic() > deadline:
+        seconds = _limit(MAX_SECONDS_VAR, MAX_SECONDS, float)
+        raise ConstraintBudgetError(f"compiling the constraint took more than {seconds:g} s "
+                                    f"(set {MAX_SECONDS_VAR} to raise the limit)")
 
 
 @dataclass(eq=False)
@@ -87,7 +140,8 @@ def trim(table: np.ndarray, accepting: np.ndarray, finals: np.ndarray | None = N
 
 
 def make(table: np.ndarray, accepting: np.ndarray) -> Dfa:
-    """A trimmed, minimal Dfa from any table whose state 0 starts."""
+    """A trimmed Dfa from any table whose state 0 starts; minimal unless minimising would cost too much."""
+    spend(len(table))
     table, kept = trim(table, accepting)
     if not len(kept):
         return EMPTY
@@ -96,30 +150,59 @@ def make(table: np.ndarray, accepting: np.ndarray) -> Dfa:
     return Dfa(table, accepting[reps])
 
 
+_MINIMIZE_WORK = 300_000_000  # state x byte class x round updates before minimising gives up
+
+
 def minimize(table: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Merge states that no text can tell apart and that carry equal `labels` (Moore's refinement, vectorised).
 
     Returns (table, reps): the merged table, and one old state per new state (reps[0] == 0).
+    Each round splits the classes by a 64-bit hash of (class, successor classes); the final
+    partition is checked to be a congruence, so a hash collision can never merge states
+    that differ. Moore needs as many rounds as the longest text that tells two states apart,
+    so a long counter would make it quadratic: past `_MINIMIZE_WORK` the table is returned
+    as it is (correct, only larger).
     """
+    n = len(table)
     # bytes with identical columns act alike: refine on one column per byte class
     columns = table[:, np.unique(table.T, axis=0, return_index=True)[1]]
     classes = np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int64)
-    count = int(classes.max()) + 1 if len(classes) else 0
+    count = int(classes.max()) + 1 if n else 0
+    weights = np.random.default_rng(0).integers(1, 2 ** 63, size=columns.shape[1] + 1, dtype=np.uint64) | 1
+    rounds = 0
     while True:
-        signature = np.concatenate([classes[:, None], np.where(columns >= 0, classes[columns], -1)], axis=1)
-        rows = np.ascontiguousarray(signature).view(np.dtype((np.void, signature.shape[1] * 8))).reshape(-1)
-        refined = np.unique(rows, return_inverse=True)[1].reshape(-1)
+        hashed = _hash(classes, columns, weights)
+        refined = np.unique(hashed, return_inverse=True)[1].reshape(-1)
+        rounds += 1
         if refined.max() + 1 == count:
             break
         classes, count = refined, int(refined.max()) + 1
+        if rounds * n * columns.shape[1] > _MINIMIZE_WORK:
+            return table, np.arange(n)
+        spend()
     # number the classes by their first state, so the start state's class is 0
     firsts = np.unique(classes, return_index=True)[1]
+    rep = firsts[classes]
+    for j in range(columns.shape[1]):  # a hash collision merged states that differ: keep the table
+        column = columns[:, j]
+        succ = np.where(column >= 0, classes[column], -1)
+        if not (succ == succ[rep]).all():
+            return table, np.arange(n)
     order = np.argsort(firsts)
     renumber = np.empty(count, np.int64)
     renumber[order] = np.arange(count)
     reps = firsts[order]
     sub = table[reps]
     return np.where(sub >= 0, renumber[classes[sub]], -1).astype(np.int32), reps
+
+
+def _hash(classes: np.ndarray, columns: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per state, a 64-bit hash of its class and of the class each byte class leads to (-1: dead).  (S,)"""
+    hashed = classes.astype(np.uint64) * weights[0]
+    for j in range(columns.shape[1]):
+        column = columns[:, j]
+        hashed += np.where(column >= 0, classes[column], -1).astype(np.uint64) * weights[j + 1]
+    return hashed
 
 
 def product(parts: Sequence[Dfa], alive: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -132,7 +215,7 @@ def product(parts: Sequence[Dfa], alive: Callable[[np.ndarray], np.ndarray]) -> 
     tables = [np.vstack([p.table, np.full((1, 256), -1, np.int32)]) for p in parts]
     radix = np.array([len(p) + 1 for p in parts], np.int64)
     if float(np.prod(radix.astype(float))) > 2 ** 62:
-        raise ConstraintError("the combined constraint is too large to compile")
+        raise ConstraintBudgetError("the combined constraint is too large to compile")
     weight = np.concatenate([[1], np.cumprod(radix)[:-1]]).astype(np.int64)
     start = np.zeros((1, k), np.int64)
     ids = {int(((start + 1) * weight).sum()): 0}
@@ -151,8 +234,7 @@ def product(parts: Sequence[Dfa], alive: Callable[[np.ndarray], np.ndarray]) -> 
                 i = ids[key] = len(ids)
                 new.append(key)
             uid[j] = i
-        if len(ids) > _MAX_STATES:
-            raise ConstraintError("the combined constraint is too large to compile")
+        spend(len(ids))
         row = np.full(ok.shape, -1, np.int32)
         row[ok] = uid[inverse.reshape(-1)]
         rows.append(row)
@@ -256,16 +338,24 @@ def choices(options: Iterable[bytes]) -> Dfa:
 
 
 def char_length(allowed: Callable[[int], bool], cap: int) -> Dfa:
-    """Valid UTF-8 texts whose length in characters n satisfies `allowed(min(n, cap))`."""
+    """Valid UTF-8 texts whose length in characters n satisfies `allowed(min(n, cap))`.
+
+    Built directly as (count, UTF-8 state) pairs and only trimmed: that product is already
+    minimal but for a few states, and Moore's minimisation would need `cap` rounds.
+    """
     u = utf8()
     nu = len(u)
+    spend((cap + 1) * nu)
     counts = np.arange(cap + 1)
     completes = u.table == 0  # (nu, 256): this byte ends a character
     # state c * nu + s: c characters so far (saturating at cap), inside character state s
     nxt_count = np.minimum(counts[:, None, None] + completes[None], cap)  # (cap+1, nu, 256)
     table = np.where(u.table[None] >= 0, nxt_count * nu + u.table[None], -1).reshape(-1, 256).astype(np.int32)
     accepting = (np.array([allowed(int(c)) for c in counts])[:, None] & u.accepting[None]).reshape(-1)
-    return make(table, accepting)
+    table, kept = trim(table, accepting)
+    if not len(kept):
+        return EMPTY
+    return Dfa(table, accepting[kept])
 
 
 def ordered(op: str, bound: bytes) -> Dfa:

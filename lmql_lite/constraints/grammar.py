@@ -25,6 +25,7 @@ from ..errors import ConstraintError
 from ..index import TokenIndex
 from . import automata
 from .automata import Dfa
+from .base import Mask
 from .regex import regex_dfa
 
 
@@ -186,12 +187,8 @@ class GrammarGuide:
         if self._matcher.is_error():
             raise ConstraintError(f"GRAMMAR({var}, ...): {self._matcher.get_error()}")
         self._bits = llnp.allocate_token_bitmask(1, tokenizer.vocab_size)
-        self._fill = llnp.fill_next_token_bitmask
-        self._eos = np.array(sorted(index.vocabulary.eos_ids))
-        self._never = np.array(sorted(index.vocabulary.special_ids - index.vocabulary.eos_ids), np.int64)
         self._text = bytearray()
         self.tokens_used = 0
-        self.allowed_count = 0
         self._finished = False
         self._prefix = b""
         self._mask = None  # the mask of the current state, once computed
@@ -206,32 +203,34 @@ class GrammarGuide:
     def heal(self, prefix: bytes) -> None:
         self._prefix, self._mask = bytes(prefix), None
 
-    def allowed(self) -> np.ndarray:
+    def allowed(self) -> Mask:
         n = len(self.index)
         if self._finished:
-            return np.zeros(n, bool)
+            return Mask.none(n)
         if self._mask is not None:
             return self._mask
-        self._fill(self._matcher, self._bits, 0)
+        import llguidance.numpy as llnp
+        llnp.fill_next_token_bitmask(self._matcher, self._bits, 0)
         mask = np.unpackbits(self._bits[0].view(np.uint8), bitorder="little")[:n].astype(bool)
-        mask[self._never] = False
+        vocabulary = self.index.vocabulary
+        mask[sorted(vocabulary.special_ids - vocabulary.eos_ids)] = False
         accepting = self._matcher.is_accepting()
-        mask[self._eos] = accepting
+        mask[self.index.eos_ids] = accepting
         if self._prefix:
             mask = self._healed(mask)
         elif self.tokens_used + 1 >= self.budget:  # the last token must complete a sentence
             mask = self._closing(mask)
-        self.allowed_count = int(mask.sum())
-        self._mask = mask
-        if not self.allowed_count:
+        self._mask = mask = Mask(mask)
+        if not mask.count:
             raise ConstraintError(f"no token can continue {self.var} under {self.term} after {bytes(self._text)!r}"
                                   + (f" within {int(self.budget)} tokens" if self.budget != math.inf else ""))
         return mask
 
     def _closing(self, mask: np.ndarray) -> np.ndarray:
         out = np.zeros_like(mask)
-        out[self._eos] = mask[self._eos]
-        for t in np.flatnonzero(mask & ~np.isin(np.arange(len(mask)), self._eos)).tolist():
+        eos = self.index.eos_ids
+        out[eos] = mask[eos]
+        for t in np.flatnonzero(mask & ~np.isin(np.arange(len(mask)), eos)).tolist():
             if self._matcher.try_consume_tokens([t]) == 1:
                 out[t] = self._matcher.is_accepting()
                 self._matcher.rollback(1)

@@ -1,11 +1,11 @@
-"""The Guide: one hole's decoding state — which tokens may come next, the tokens taken, and the value at the end.
+"""The automaton guide: one hole's decoding state — which tokens may come next, the tokens taken, and the value at the end.
 
 Token budgets (`len(TOKENS(X))`) are kept on top of the automaton. A token is allowed only if
 the hole can still end from where it leads with an allowed token count. When every byte is a
 token and the counts form one interval, byte distances decide that exactly (a text of n bytes
 can be spelt in any number of tokens up to n); otherwise (a vocabulary missing single-byte
 tokens, gaps like `!= 3`, both bounds at once) a breadth-first search over the token graph
-decides it (`Guide._can_end`), reusing the cached per-state masks.
+decides it (`AutomatonGuide._can_end`), reusing the cached per-state masks.
 """
 from __future__ import annotations
 
@@ -16,21 +16,35 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConstraintError
+from ..errors import ConstraintBudgetError, ConstraintError
 from ..index import TokenIndex
 from . import automata, grammar, holes, terms
+from .base import Guide, Mask
 from .holes import HolePlan, atom_language, longest_paths, plan_hole
 
 _OPS = {"<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
         ">=": operator.ge, ">": operator.gt}
 
 
-def compile_guide(term: Any, var: str, index: TokenIndex, hole_type: Any = None) -> "Guide":
-    """A guide for hole `var` under `term` (None/True: unconstrained); ConstraintError if it can never be satisfied."""
+def compile_guide(term: Any, var: str, index: TokenIndex, hole_type: Any = None) -> Guide:
+    """A guide for hole `var` under `term` (None/True: unconstrained); ConstraintError if it can never be satisfied.
+
+    Compiling it, the token search included, is bounded by the budgets of `automata.budget()`.
+    """
+    try:
+        with automata.budget():
+            return _compile_guide(term, var, index, hole_type)
+    except ConstraintBudgetError as e:
+        if e.message.startswith(f"{var}: "):
+            raise
+        raise ConstraintBudgetError(f"{var}: {e.message}") from None
+
+
+def _compile_guide(term: Any, var: str, index: TokenIndex, hole_type: Any) -> Guide:
     recursive = _recursive_grammar(term)
     if recursive is not None:
         return _grammar_guide(recursive, term, var, index, hole_type)
-    guide = Guide(plan_hole(term, var, hole_type), index)
+    guide = AutomatonGuide(plan_hole(term, var, hole_type), index)
     counts = guide.plan.counts
     hi = counts.hi
     spelt = len(counts.intervals) == 1 and guide._spelt_ok(0, hi, counts.lo)
@@ -77,26 +91,28 @@ def _grammar_guide(atom: Any, term: Any, var: str, index: TokenIndex, hole_type:
     return grammar.GrammarGuide(var, atom.text, index, term, budget, check)
 
 
-class Guide:
-    """Per-hole state: `allowed()` → `advance(token)` until `is_finished()`, then `text()` and `value()`."""
+class AutomatonGuide:
+    """The Guide contract (`constraints.base.Guide`) over a byte automaton and the token index."""
 
     def __init__(self, plan: HolePlan, index: TokenIndex):
         self.plan, self.index = plan, index
-        self.automaton = plan.automaton
         self.state = 0
         self.tokens_used = 0
-        self.allowed_count = 0
         self._text = bytearray()
         self._drop = 0           # bytes of a STOPS_BEFORE phrase to drop from the end
         self._finished = False
         self._prefix = b""       # token healing: the first token must start with these bytes
         ends = [x for lo, hi in plan.counts.intervals for x in (lo, hi + 1) if x != math.inf]
         self._last_boundary = max(ends, default=0)  # from this many tokens on, every count is alike
-        # (state, tokens taken, clamped past the last boundary) -> (mask, allowed count)
+        # (state, tokens taken, clamped past the last boundary) -> Mask
         self._seen = index.cache(self.automaton).setdefault(("masks", plan.counts), {})
         self._spelt_dist, self._spelt_longest = self._spelling()
 
-    def copy(self) -> "Guide":
+    @property
+    def automaton(self):
+        return self.plan.automaton
+
+    def copy(self) -> "AutomatonGuide":
         twin = copy.copy(self)
         twin._text = bytearray(self._text)
         return twin
@@ -107,28 +123,18 @@ class Guide:
         """The first token must start with `prefix` (the prompt's last token, taken back); it is not the hole's text."""
         self._prefix = bytes(prefix)
 
-    def allowed(self) -> np.ndarray:
-        """Mask (V,) of the tokens that keep the hole satisfiable; EOS only where the value is complete.
-
-        The array is cached and shared: do not modify it.
-        """
+    def allowed(self) -> Mask:
+        """The tokens that keep the hole satisfiable; EOS only where the value is complete (cached per state)."""
+        if self._finished:
+            return Mask.none(len(self.index))
         if self._prefix:  # healing: the first token, from the start state
             key = ("healed", self._prefix)
         else:
             key = (self.state, min(self.tokens_used, self._last_boundary + 1))
-        hit = None if self._finished else self._seen.get(key)
-        if hit is None:
-            if self._finished:
-                mask = np.zeros(len(self.index), bool)
-            elif self._prefix:
-                mask = self._healed()
-            else:
-                mask = self._mask()
-            hit = (mask, int(mask.sum()))
-            if not self._finished:
-                self._seen[key] = hit
-        mask, self.allowed_count = hit
-        if not self.allowed_count and not self._finished:
+        mask = self._seen.get(key)
+        if mask is None:
+            mask = self._seen[key] = Mask(self._healed() if self._prefix else self._mask())
+        if not mask.count:
             raise ConstraintError(f"no token can continue {self.plan.var} under {self.plan.term} "
                                   f"after {bytes(self._text)!r}")
         return mask

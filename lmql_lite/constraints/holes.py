@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConstraintError
+from ..errors import ConstraintBudgetError, ConstraintError
 from . import automata, grammar, json_schema, terms
 from .automata import Dfa
 from .regex import regex_dfa
@@ -49,8 +49,10 @@ class Counts:
 
     @classmethod
     def compare(cls, op: str, n: Any) -> "Counts":
-        if isinstance(n, bool) or not isinstance(n, (int, float)):
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or n != n:
             raise ConstraintError(f"len(TOKENS(...)) compares with a number, got {n!r}")
+        if n in (math.inf, -math.inf):  # every count compares with it as 0 does
+            return cls(((0, math.inf),)) if _OPS[op](0, n) else cls(())
         below = math.ceil(n) - 1  # the largest count < n
         above = math.floor(n) + 1  # the smallest count > n
         exact = [(int(n), int(n))] if n == int(n) else []
@@ -146,6 +148,18 @@ def plan_hole(term: Any, var: str, hole_type: Any = None) -> HolePlan:
     """Compile a hole's constraint term (None/True: unconstrained) and type into a plan; ConstraintError if unsatisfiable."""
     if term is True:
         term = None
+    try:
+        with automata.budget():
+            return _plan_hole(term, var, hole_type)
+    except ConstraintBudgetError as e:
+        raise ConstraintBudgetError(f"{var}: {e.message}") from None
+    except MemoryError:
+        raise ConstraintBudgetError(f"{var}: compiling its constraint ran out of memory (set "
+                                    f"{automata.MAX_STATES_VAR} lower than {automata.max_states():,} to stop it "
+                                    "sooner)") from None
+
+
+def _plan_hole(term: Any, var: str, hole_type: Any) -> HolePlan:
     type_term = _type_term(var, hole_type)
     full = term if type_term is None else (type_term if term is None else terms.And((type_term, term)))
     spec = _Spec() if full is None else _spec(_nnf(full, False), var)
@@ -323,12 +337,10 @@ def _ordered(op: str, bound: str) -> Dfa:
 
 @functools.lru_cache(maxsize=512)
 def _char_length(op: str, n: Any) -> Dfa:
-    if isinstance(n, bool) or not isinstance(n, (int, float)):
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or n != n:
         raise ConstraintError(f"len(...) compares with a number, got {n!r}")
-    if n < 0 or n > 100_000:
-        cap = 0
-    else:
-        cap = math.floor(n) + 1  # every count above n behaves alike
+    # every count above n (or every count, when n < 0 or n is infinite) behaves alike
+    cap = 0 if n < 0 or n == math.inf else math.floor(n) + 1
     return automata.char_length(lambda c: _OPS[op](c, n), cap)
 
 

@@ -5,8 +5,10 @@ the schema's order, no free whitespace), so a small model cannot loop on newline
 language is a byte DFA like any regex: masks are exact and token budgets close the value in
 time. Keywords are either compiled into the language exactly, or (where a regular language
 cannot say it compactly) masked by a superset and checked on the value: number bounds that are
-not integers, exclusive number bounds, `oneOf` (only one branch may match), string lengths
-above 1000. Any other keyword raises ConstraintError naming it; annotations are ignored.
+not integers, exclusive number bounds, bounds past 10**15 in size, `oneOf` (only one branch may
+match), string lengths above 1000, item counts whose exact language would be large (more than
+`ITEM_STATES` automaton states for the repeated items, such as 300 items of free JSON). Any
+other keyword raises ConstraintError naming it; annotations are ignored.
 """
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ FORMATS = {
     "uuid": r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
 }
 MAX_REPEAT = 1000  # longer string bounds are checked on the value
+MAX_BOUND = 10 ** 15  # larger number bounds are checked on the value
+ITEM_STATES = 20_000  # an item count whose items need more NFA states than this is checked on the value
 ANY_DEPTH = 2      # free JSON (`{}`, `Any`, an object without properties) nests this deep
 
 
@@ -92,6 +96,9 @@ def _key(spec: Any) -> Any:
             return json.dumps(spec)
         except TypeError as e:
             raise ConstraintError(f"a JSON schema must be JSON data: {e}") from None
+        except ValueError:  # Python refuses to write integers of more than sys.get_int_max_str_digits() digits
+            raise ConstraintError("a JSON schema's numbers must have at most "
+                                  f"{sys.get_int_max_str_digits()} digits") from None
     if spec is None:
         return json.dumps({})
     if is_json_type(spec) or spec in (int, float, str):
@@ -164,12 +171,12 @@ class _Compiler:
             self.refs.pop()
 
     def string(self, s: dict) -> tuple[int, int]:
-        lo, hi = s.get("minLength", 0), s.get("maxLength")
+        lo, hi = _count(s, "minLength", 0), _count(s, "maxLength", None)
         if hi is not None and hi > MAX_REPEAT:
             hi = None  # checked on the value
+        if lo > MAX_REPEAT:
+            lo = 0  # checked on the value
         if "pattern" not in s and "format" not in s:
-            if lo > MAX_REPEAT:
-                raise ConstraintError(f"minLength above {MAX_REPEAT} is not supported")
             return self.nfa.embed(regex_dfa(f'"{CHAR}{{{lo},{"" if hi is None else hi}}}"'))
         if "format" in s and s["format"] not in FORMATS:
             raise ConstraintError(f"string format {s['format']!r} is not supported (supported: {', '.join(FORMATS)})")
@@ -217,18 +224,20 @@ class _Compiler:
 
     def array(self, s: dict, item=None, brackets: bytes = b"[]") -> tuple[int, int]:
         nfa = self.nfa
-        lo, hi = s.get("minItems", 0), s.get("maxItems")
+        lo, hi = _count(s, "minItems", 0), _count(s, "maxItems", None)
         if hi is not None and lo > hi:
             raise ConstraintError(f"no array satisfies {s}")
-        if max(lo, hi or 0) > MAX_REPEAT:
-            raise ConstraintError(f"minItems/maxItems above {MAX_REPEAT} are not supported")
         item = item or (lambda: self.value(s.get("items", True)))
         start, close = nfa.literal(brackets[:1]), nfa.literal(brackets[1:])
+        before = len(nfa.eps)
+        first = item()
+        if max(lo, hi or 0) * (len(nfa.eps) - before) > ITEM_STATES:
+            lo, hi = min(lo, 1), None  # the exact count would be a large automaton: checked on the value
         end = start[1]
         if lo == 0:
             nfa.eps[end].append(close[0])
         for k in range(1, (hi if hi is not None else max(lo, 1)) + 1):
-            parts = (item(),) if k == 1 else (nfa.literal(b","), item())
+            parts = (first,) if k == 1 else (nfa.literal(b","), item())
             end = nfa.chain((end, end), *parts)[1]
             if k >= lo:
                 nfa.eps[end].append(close[0])
@@ -295,11 +304,22 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
+def _count(s: dict, name: str, default: int | None) -> int | None:
+    """A length or item count keyword: a non-negative integer."""
+    value = s.get(name, default)
+    if value is not default and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ConstraintError(f"`{name}` needs a non-negative integer, got {value!r}")
+    return value
+
+
 def _bounds(s: dict, integer: bool) -> tuple[Any, Any]:
-    lo, hi = s.get("minimum"), s.get("maximum")
+    """The mask's (lo, hi) for a number schema; bounds past MAX_BOUND are left to the check on the value."""
     for name in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-        if name in s and (isinstance(s[name], bool) or not isinstance(s[name], (int, float))):
-            raise ConstraintError(f"`{name}` needs a number, got {s[name]!r}")
+        if name in s and (isinstance(s[name], bool) or not isinstance(s[name], (int, float))
+                          or isinstance(s[name], float) and not math.isfinite(s[name])):
+            raise ConstraintError(f"`{name}` needs a finite number, got {s[name]!r}")
+    s = {name: x for name, x in s.items() if not (isinstance(x, (int, float)) and abs(x) > MAX_BOUND)}
+    lo, hi = s.get("minimum"), s.get("maximum")
     if "exclusiveMinimum" in s:
         x = s["exclusiveMinimum"]
         x = math.floor(x) + 1 if integer else x

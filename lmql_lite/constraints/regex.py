@@ -8,9 +8,12 @@ filling a date or a number should write 0-9, not one of Unicode's 680 other digi
 ASCII classes keep the automaton small (Unicode `\\d{4}-\\d{2}-\\d{2}` needs 179 states and 60 ms
 to compile; ASCII needs 11 and 2 ms). `\\w` keeps Python's Unicode meaning (words in any
 language), or ASCII under `(?a)`.
+Under `(?i)` each character set is Python's to the letter: the code points case-related to
+its members are decided by `re` itself (so the Kelvin sign is in `(?i)k`, ſ in `(?i)s`).
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import re
 import sys
@@ -18,14 +21,19 @@ import sys
 import numpy as np
 
 from ..errors import ConstraintError
+from . import automata
 from .automata import Dfa, make
 
+import _sre
+
 if sys.version_info >= (3, 11):
+    from re import _casefix
     from re import _constants as sre_c
     from re import _parser as sre_parse
 else:  # pragma: no cover
     import sre_constants as sre_c
     import sre_parse
+    _casefix = None
 
 _MAX_CHAR = 0x10FFFF
 _SURROGATES = (0xD800, 0xDFFF)
@@ -71,7 +79,7 @@ def _negate(ranges) -> list[tuple[int, int]]:
 @functools.cache
 def _category(pattern: str) -> tuple[tuple[int, int], ...]:
     """The code points a one-character class like \\d matches, computed with `re` itself."""
-    text = np.arange(_MAX_CHAR + 1, dtype="<u4").tobytes().decode("utf-32-le", "surrogatepass")
+    text = _all_chars()
     return tuple((m.start(), m.end() - 1) for m in re.finditer(pattern + "+", text))
 
 
@@ -87,16 +95,94 @@ _ASCII_CATEGORIES.update({
 })
 
 
-def _casefold(ranges) -> list[tuple[int, int]]:
-    """Add the other case of each letter (single-character mappings; ranges past 5,000 chars only ASCII)."""
-    extra = []
+@functools.cache
+def _case_classes() -> dict[int, tuple[int, ...]]:
+    """Each code point that has other cases, with every code point case-related to it.
+
+    Related: the simple lower and upper case mappings in both directions, and the extra
+    pairs Python's `re` folds together (such as s and ſ, k and the Kelvin sign). A
+    case-insensitive set can only differ from its case-sensitive self on these points.
+    """
+    lower = getattr(_sre, "unicode_tolower", lambda c: c)
+    extra = getattr(_casefix, "_EXTRA_CASES", {})
+    text = _all_chars()
+    parent: dict[int, int] = {}
+
+    def root(c: int) -> int:
+        while parent.get(c, c) != c:
+            c = parent[c]
+        return c
+
+    def join(a: int, b: int) -> None:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+        parent.setdefault(min(ra, rb), min(ra, rb))
+
+    step = 1024
+    for at in range(0, len(text), step):
+        chunk = text[at:at + step]
+        if chunk.lower() == chunk and chunk.upper() == chunk:
+            continue  # nothing cased here (whole chunks at C speed)
+        for c in range(at, at + len(chunk)):
+            ch = text[c]
+            for other in (ch.lower(), ch.upper(), chr(lower(c))):
+                if len(other) == 1 and other != ch:
+                    join(c, ord(other))
+    for a, others in extra.items():
+        for b in others:
+            join(a, b)
+    groups: dict[int, list[int]] = {}
+    for c in parent:
+        groups.setdefault(root(c), []).append(c)
+    return {c: tuple(sorted(g)) for g in groups.values() if len(g) > 1 for c in g}
+
+
+@functools.cache
+def _all_chars() -> str:
+    """Every code point as one string (surrogates included), for scanning with `re` and str methods."""
+    return np.arange(_MAX_CHAR + 1, dtype="<u4").tobytes().decode("utf-32-le", "surrogatepass")
+
+
+def _member(ranges: list[tuple[int, int]], c: int) -> bool:
+    i = bisect.bisect_right(ranges, (c, _MAX_CHAR + 1)) - 1
+    return i >= 0 and ranges[i][0] <= c <= ranges[i][1]
+
+
+def _without(ranges: list[tuple[int, int]], points: list[int]) -> list[tuple[int, int]]:
+    """Normalised `ranges` minus the sorted `points`."""
+    out = []
     for lo, hi in ranges:
-        chars = range(lo, hi + 1) if hi - lo < 5000 else [c for c in range(lo, min(hi, 127) + 1)]
-        for c in chars:
-            for other in (chr(c).lower(), chr(c).upper()):
-                if len(other) == 1 and ord(other) != c:
-                    extra.append((ord(other), ord(other)))
-    return _normalize(list(ranges) + extra)
+        i = bisect.bisect_left(points, lo)
+        while i < len(points) and points[i] <= hi:
+            if points[i] > lo:
+                out.append((lo, points[i] - 1))
+            lo = points[i] + 1
+            i += 1
+        if lo <= hi:
+            out.append((lo, hi))
+    return out
+
+
+def _ignoring_case(base, negate: bool, pattern: str, flags: int) -> list[tuple[int, int]]:
+    """The code points a one-character `pattern` matches under re.IGNORECASE, exactly as `re` decides.
+
+    `base` is the pattern's set without case folding (before `negate`). Only code points
+    case-related to a member of `base` can be decided differently, and `re` itself decides
+    those: so the set follows Python's case folding to the letter (the Kelvin sign is not
+    in `(?i)[a-z]`'s complement, ſ is in `(?i)s`).
+    """
+    base = _normalize(base)
+    related = _case_classes()
+    touched = sorted({r for c in related if _member(base, c) for r in related[c]})
+    plain = _negate(base) if negate else base
+    prefix = "(?i)" + ("(?a)" if flags & sre_c.SRE_FLAG_ASCII else "")
+    match = re.compile(prefix + pattern).fullmatch
+    return _normalize(_without(plain, touched) + [(c, c) for c in touched if match(chr(c))])
+
+
+def _escaped(lo: int, hi: int) -> str:
+    return f"\\U{lo:08x}" if lo == hi else f"\\U{lo:08x}-\\U{hi:08x}"
 
 
 def _utf8_sequences(lo: int, hi: int):
@@ -226,10 +312,11 @@ class Nfa:
     def item(self, op, av, flags: int) -> tuple[int, int]:
         if op in _UNSUPPORTED:
             raise ConstraintError(f"{_UNSUPPORTED[op]} are not supported")
-        if op is sre_c.LITERAL:
-            return self.chars(self._fold([(av, av)], flags))
-        if op is sre_c.NOT_LITERAL:
-            return self.chars(_negate(self._fold([(av, av)], flags)))
+        if op in (sre_c.LITERAL, sre_c.NOT_LITERAL):
+            negate = op is sre_c.NOT_LITERAL
+            if flags & sre_c.SRE_FLAG_IGNORECASE:
+                return self.chars(_ignoring_case([(av, av)], negate, f"[{'^' * negate}{_escaped(av, av)}]", flags))
+            return self.chars(_negate([(av, av)]) if negate else [(av, av)])
         if op is sre_c.ANY:
             return self.chars([(0, _MAX_CHAR)] if flags & sre_c.SRE_FLAG_DOTALL else _negate([(10, 10)]))
         if op is sre_c.IN:
@@ -278,25 +365,27 @@ class Nfa:
         return start, optional_end
 
     def _set(self, items, flags: int) -> list[tuple[int, int]]:
-        ranges, negate = [], False
+        ranges, negate, parts = [], False, []  # parts: the set's text, for `re` to decide case folding
         for op, av in items:
             if op is sre_c.NEGATE:
                 negate = True
             elif op is sre_c.LITERAL:
                 ranges.append((av, av))
+                parts.append(_escaped(av, av))
             elif op is sre_c.RANGE:
                 ranges.append(av)
+                parts.append(_escaped(*av))
             elif op is sre_c.CATEGORY:
                 unicode = av in _UNICODE_CATEGORIES and not flags & sre_c.SRE_FLAG_ASCII
-                ranges.extend(_category(_UNICODE_CATEGORIES[av]) if unicode else _ASCII_CATEGORIES[av])
+                members = _category(_UNICODE_CATEGORIES[av]) if unicode else _ASCII_CATEGORIES[av]
+                ranges.extend(members)
+                parts.append(_UNICODE_CATEGORIES[av] if av in _UNICODE_CATEGORIES
+                             else "".join(_escaped(lo, hi) for lo, hi in members))
             else:
                 raise ConstraintError(f"{str(op).lower()} in a character class is not supported")
-        ranges = self._fold(ranges, flags)
-        return _negate(ranges) if negate else ranges
-
-    @staticmethod
-    def _fold(ranges, flags: int) -> list[tuple[int, int]]:
-        return _casefold(ranges) if flags & sre_c.SRE_FLAG_IGNORECASE else _normalize(ranges)
+        if flags & sre_c.SRE_FLAG_IGNORECASE:
+            return _ignoring_case(ranges, negate, f"[{'^' * negate}{''.join(parts)}]", flags)
+        return _negate(ranges) if negate else _normalize(ranges)
 
     def determinize(self, start: int, end: int) -> Dfa:
         closures: dict[int, frozenset[int]] = {}
@@ -316,19 +405,35 @@ class Nfa:
         ids = {first: 0}
         order = [first]
         rows = []
+        unions: dict[frozenset, frozenset] = {}  # edge targets -> the subset they lead to
+        limit = automata.max_states()
         for subset in order:  # grows while we iterate: the subset construction's work list
-            edges = [e for n in subset for e in self.edges[n]]
+            # one sweep over the subset's edges sorted by their first byte: each byte range's targets
+            edges = sorted(e for n in subset for e in self.edges[n])
             row = np.full(256, -1, np.int32)
             if edges:
                 cuts = sorted({lo for lo, _, _ in edges} | {hi + 1 for _, hi, _ in edges})
+                active: list[tuple[int, int, int]] = []
+                i = 0
                 for lo, nxt in zip(cuts, cuts[1:]):
-                    targets = frozenset().union(*[closure(t) for elo, ehi, t in edges if elo <= lo <= ehi])
-                    if not targets:
+                    while i < len(edges) and edges[i][0] <= lo:
+                        active.append(edges[i])
+                        i += 1
+                    active = [e for e in active if e[1] >= lo]
+                    if not active:
                         continue
+                    heads = frozenset(t for _, _, t in active)
+                    targets = unions.get(heads)
+                    if targets is None:
+                        targets = unions[heads] = frozenset().union(*[closure(t) for t in heads])
                     if targets not in ids:
                         ids[targets] = len(order)
                         order.append(targets)
                     row[lo:nxt] = ids[targets]
             rows.append(row)
+            if len(order) > limit:
+                automata.spend(len(order), limit)
+            elif len(rows) % 1024 == 0:
+                automata.spend(0)
         accepting = np.array([end in subset for subset in order])
         return make(np.stack(rows), accepting)

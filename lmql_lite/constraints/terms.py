@@ -221,7 +221,40 @@ def and_(*thunks: Callable[[], Any]) -> Any:
             return x
     if not parts:
         return True
+    parts = _stopped(parts)
     return parts[0] if len(parts) == 1 else And(tuple(parts))
+
+
+def _stopped(parts: list[Term]) -> list[Term]:
+    """Choices and `==` texts of a hole, as its stop phrases leave them (LMQL: the stop ends the value first).
+
+    `STOPS_BEFORE(G, '"') and G == 'abc",'`: text written as `abc",` ends at `"`, so the value the
+    constraint admits is `abc`. Every value still satisfies the term, which now says so.
+    """
+    stops: dict[str, list[tuple[str, bool]]] = {}
+    for p in parts:
+        if isinstance(p, (StopsAt, StopsBefore)):
+            stops.setdefault(p.var, []).append((p.phrase, isinstance(p, StopsBefore)))
+    if not stops:
+        return parts
+
+    def cut(var: str, text: str) -> str:
+        ends = []
+        for phrase, before in stops.get(var, ()):
+            i = text.find(phrase)
+            if i >= 0:
+                ends.append((i + len(phrase), i if before else i + len(phrase)))
+        return text[:min(ends)[1]] if ends else text
+
+    out = []
+    for p in parts:
+        if isinstance(p, In) and p.var in stops:
+            p = In(p.var, tuple(dict.fromkeys(cut(p.var, o) for o in p.options)))
+        elif isinstance(p, Compare) and isinstance(p.left, Var) and p.op == "==" and isinstance(p.right, str) \
+                and p.left.name in stops:
+            p = Compare(p.left, "==", cut(p.left.name, p.right))
+        out.append(p)
+    return out
 
 
 def or_(*thunks: Callable[[], Any]) -> Any:
@@ -283,7 +316,17 @@ def compare(left: Any, op: str, right: Any) -> Any:
         raise ConstraintError(f"cannot compare two holes: {left} {op} {right}")
     if isinstance(left, Tokens):
         raise ConstraintError(f"compare len(TOKENS({left.var})), not TOKENS({left.var}) itself")
+    if isinstance(left, Length):
+        _check_bound(left, op, right)
     return Compare(left, op, right)
+
+
+def _check_bound(left: Length, op: str, right: Any) -> None:
+    """A length compares with a number that is not NaN (an int of any size, or a float, inf included)."""
+    if isinstance(right, bool) or not isinstance(right, (int, float)):
+        raise ConstraintError(f"{left} {op} {right!r}: a length compares with a number")
+    if right != right:
+        raise ConstraintError(f"{left} {op} {right!r}: a length cannot be compared with NaN")
 
 
 def _membership(item: Any, container: Any) -> Any:
@@ -398,3 +441,24 @@ def GRAMMAR(var: Any, text: Any) -> Any:
 
 
 BUILTINS = ("STOPS_AT", "STOPS_BEFORE", "TOKENS", "REGEX", "INT", "FLOAT", "JSON", "GRAMMAR")
+
+
+def int_(x: Any, *rest: Any) -> Any:
+    """`int(...)` in a where clause: INT on the hole, Python's int on anything else."""
+    return INT(x) if (isinstance(x, Var) or x is UNKNOWN) and not rest else int(x, *rest)
+
+
+def float_(x: Any) -> Any:
+    """`float(...)` in a where clause: FLOAT on the hole, Python's float on anything else."""
+    return FLOAT(x) if isinstance(x, Var) or x is UNKNOWN else float(x)
+
+
+# Lowercase spellings: LMQL's `stops_at`/`stops_before`, and the same for every other builtin.
+# A name the query itself defines (`def regex(...)`, `import json`) is the query's, not ours.
+ALIASES = {name.lower(): name for name in BUILTINS}
+_BUILDERS = {**{name: name for name in BUILTINS}, **ALIASES, "int": "int_", "float": "float_"}
+
+
+def builder(name: str) -> str | None:
+    """The attribute of this module that a where clause's call of `name` goes to, or None."""
+    return _BUILDERS.get(name)

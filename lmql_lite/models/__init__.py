@@ -1,18 +1,34 @@
-"""Model backends, and the checks of a model name that need no torch: a mistake is reported before the slow imports."""
+"""Model backends: the contract (`base`), one module per engine, and loading a model by its name.
+
+A new engine is one module with a `load_model(name)` and one line in ENGINES. A name may say its
+engine (`transformers:gpt2`); any other name — a folder, a hub id, None for the embedded
+default — goes to DEFAULT_ENGINE. Engines are imported only when a model is loaded, after
+`check_name` has refused names that cannot work (a missing path, a garbage `.gguf`), so such a
+mistake costs no slow import.
+"""
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from ..errors import ModelError
 
+ENGINES = {
+    "transformers": "lmql_lite.models.transformers",  # local folders, hub ids, the embedded default
+}
+DEFAULT_ENGINE = "transformers"
 GGUF_MAGIC = b"GGUF"
 
 
 def load_model(name: str | None = None):
-    """The default model (None), a local model folder or `.gguf` file, or a hub id (see `transformers.load_model`)."""
-    check_name(name)
-    from .transformers import load_model as load
-    return load(name)
+    """The model `name` names, loaded by its engine (see `models.base.LanguageModel`)."""
+    engine, rest = DEFAULT_ENGINE, name
+    if name is not None:
+        prefix, colon, tail = name.partition(":")
+        if colon and prefix in ENGINES:
+            engine, rest = prefix, tail or None
+    check_name(rest)
+    return importlib.import_module(ENGINES[engine]).load_model(rest)
 
 
 def check_name(name: str | None) -> None:

@@ -1,7 +1,13 @@
-"""The protocol every model backend offers the interpreter: a vocabulary, a tokenizer and batched, cached forward passes."""
+"""The protocol every model backend offers the interpreter: a vocabulary, a tokenizer and batched, cached forward passes.
+
+Engine-neutral: logits cross this boundary as numpy float32 arrays, so the interpreter and the
+decoders never import an engine's framework. `tests/contract/` checks every backend against it.
+"""
 from __future__ import annotations
 
 from typing import Protocol, Sequence
+
+import numpy as np
 
 from ..index import Vocabulary
 
@@ -9,18 +15,23 @@ from ..index import Vocabulary
 class Batch(Protocol):
     """Rows of token sequences that share one key/value cache; each row only ever grows or is truncated."""
 
-    def step(self, feeds: Sequence[Sequence[int]], all_logits: bool = False, only=None):
+    def step(self, feeds: Sequence[Sequence[int]], only: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
         """Feed each row its new tokens (possibly none) in one forward pass.
 
-        Returns float32 logits after each row's last token, a tensor (rows, len(vocabulary)); a
-        row fed nothing gets the logits after its current last token again. With `all_logits`,
-        returns a list with, per row, the logits after each token fed to it: (len(feed), vocab)
-        — used to score given continuations (distribution clauses).
+        Returns the logits after each row's last token, a numpy float32 array (rows,
+        len(vocabulary)) that the caller owns; a row fed nothing gets the logits after its
+        current last token again (zeros for a row that holds no tokens). Each token a row holds
+        goes through the model once: a backend keeps what it computed (a key/value cache).
 
-        `only` (ignored with `all_logits`): per row None or a sorted int array of token ids whose
-        logits the caller will read; a backend may skip computing the others and return -inf
-        there (the interpreter passes a hole's allowed tokens when they are few).
+        `only`: per row None or a sorted int array of token ids whose logits the caller will
+        read; a backend may skip computing the others and return -inf there (the interpreter
+        passes a hole's allowed tokens when they are few). The ids given are always exact.
         """
+
+    def score(self, row: int, continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Per continuation, the log-probability of each of its tokens (len, ) float64 after `row`'s
+        tokens and the continuation's tokens before it — `distribution` clauses. The rows are
+        as they were afterwards."""
 
     def truncate(self, row: int, n: int) -> None:
         """Forget all but the first `n` tokens of `row`."""

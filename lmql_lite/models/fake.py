@@ -96,28 +96,34 @@ class FakeBatch:
         self.forward_passes = 0
         self.tokens_fed = 0
 
-    def step(self, feeds: Sequence[Sequence[int]], all_logits: bool = False, only=None):
-        import torch
-        assert len(feeds) == len(self._rows), "one feed per row"
+    def step(self, feeds: Sequence[Sequence[int]], only=None) -> np.ndarray:
+        if len(feeds) != len(self._rows):
+            raise ValueError(f"step() got {len(feeds)} feeds for {len(self._rows)} rows")
         self.forward_passes += 1
-        out = []
+        out = np.zeros((len(self._rows), len(self.model.vocabulary)), np.float32)
         for r, (row, feed) in enumerate(zip(self._rows, feeds)):
-            start = len(row)
             row.extend(feed)
             self.tokens_fed += len(feed)
-            if all_logits:
-                out.append(torch.from_numpy(np.stack(
-                    [self.model.logits_for(row[:k]) for k in range(start + 1, len(row) + 1)])
-                    if feed else np.zeros((0, len(self.model.vocabulary)), np.float32)))
-            else:
-                logits = self.model.logits_for(row)
-                if only is not None and only[r] is not None:
-                    # Like a real model's sparse output head: the logits outside `only` are not computed.
-                    kept = np.full_like(logits, -np.inf)
-                    kept[only[r]] = logits[only[r]]
-                    logits = kept
-                out.append(torch.from_numpy(logits))
-        return out if all_logits else torch.stack(out)
+            if not row:
+                continue
+            out[r] = self.model.logits_for(row)
+            if only is not None and only[r] is not None:
+                # Like a real model's sparse output head: the logits outside `only` are not computed.
+                kept = np.full(out.shape[1], -np.inf, np.float32)
+                kept[only[r]] = out[r, only[r]]
+                out[r] = kept
+        return out
+
+    def score(self, row: int, continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        prefix = self._rows[row]
+        self.forward_passes += 1
+        out = []
+        for tokens in continuations:
+            self.tokens_fed += len(tokens)
+            steps = [self.model.logits_for(prefix + list(tokens[:j])) if prefix or j else
+                     np.zeros(len(self.model.vocabulary), np.float32) for j in range(len(tokens))]
+            out.append(np.array([log_softmax(logits)[t] for logits, t in zip(steps, tokens)], np.float64))
+        return out
 
     def truncate(self, row: int, n: int) -> None:
         del self._rows[row][n:]
@@ -127,3 +133,10 @@ class FakeBatch:
 
     def tokens(self, row: int) -> list[int]:
         return list(self._rows[row])
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log softmax of one row of logits, in float64."""
+    x = logits.astype(np.float64)
+    top = x.max()
+    return x - top - np.log(np.exp(x - top).sum())

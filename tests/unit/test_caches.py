@@ -16,7 +16,8 @@ import pytest
 from lmql_lite import cli, index as index_module, parser
 from lmql_lite.errors import ModelError
 from lmql_lite.index import TokenIndex
-from lmql_lite.models import cache, check_name
+from lmql_lite import cache
+from lmql_lite.models import check_name
 from lmql_lite.parser import parse
 
 from test_index import VOCAB, _all_walks  # tests/unit is on sys.path (pytest rootdir)
@@ -288,7 +289,7 @@ def test_stale_temporary_folders_of_a_killed_build_are_removed_by_the_next(tmp_p
 BUILD_CHILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from lmql_lite.models import cache
+    from lmql_lite import cache
 
     folder, log, seconds = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 

@@ -3,10 +3,10 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 import lmql_lite
 from lmql_lite import decoders
+from lmql_lite.constraints import Mask
 from lmql_lite.decoders import DecoderOptions
 from lmql_lite.models.fake import FakeModel
 
@@ -27,12 +27,12 @@ def softmax(x):
 ])
 def test_sampling_frequencies_match_the_masked_tempered_distribution(options):
     rng = np.random.default_rng(0)
-    logits = torch.from_numpy(rng.standard_normal(40).astype(np.float32) * 2)
+    logits = rng.standard_normal(40).astype(np.float32) * 2
     allowed = np.zeros(40, bool)
     allowed[[1, 3, 5, 8, 13, 21, 34]] = True
-    scores = decoders.masked(logits, allowed)
+    scores = decoders.masked(logits, Mask(allowed))
     # The exact distribution, computed independently of the decoder's code.
-    z = np.where(allowed, logits.numpy() / options.temperature, -np.inf)
+    z = np.where(allowed, logits / options.temperature, -np.inf)
     if options.top_k:
         z[np.argsort(-z)[options.top_k:]] = -np.inf
     if options.top_p:
@@ -42,7 +42,7 @@ def test_sampling_frequencies_match_the_masked_tempered_distribution(options):
         z[order[~keep]] = -np.inf
     expected = softmax(z)
     n = 6000
-    generator = torch.Generator().manual_seed(1234)
+    generator = np.random.default_rng(1234)
     counts = np.zeros(40)
     for _ in range(n):
         tok, logprob = decoders.pick_sample(scores, options, generator)
@@ -117,13 +117,20 @@ def test_sample_n_shares_the_prompt_and_gives_n_results():
     assert len(results) == 5 and all(r.variables["A"] in ("ab", "cd") for r in results)
 
 
+def test_argmax_n_gives_n_equal_results_as_in_lmql():
+    results = lmql_lite.run('argmax(n=3, verbose=True)\n"Pick[A]" where A in [" ab", " cd"]\n', model=FakeModel())
+    single = lmql_lite.run('argmax\n"Pick[A]" where A in [" ab", " cd"]\n', model=FakeModel())
+    assert [r.variables for r in results] == [single.variables] * 3
+
+
 @pytest.mark.parametrize("bad, message", [
     ("sample(n=0)", "n must be at least 1"),
     ("sample(temperature=0)", "temperature must be positive"),
     ("sample(top_p=1.5)", "top_p"),
     ("argmax(max_len=0)", "max_len"),
     ("sample(bogus=1)", "unknown option 'bogus' for sample"),
-    ("argmax(n=2)", "unknown option 'n' for argmax"),  # the rules `lmql-lite check` applies
+    ("argmax(temperature=0.5)", "unknown option 'temperature' for argmax"),  # the rules `lmql-lite check` applies
+    ("argmax(repetition_penalty=1.2)", "LMQL's option 'repetition_penalty' is not supported"),
     ("beam(temperature=0.5)", "unknown option 'temperature' for beam"),
     ("argmax(3)", "argmax takes no positional argument"),
 ])

@@ -193,10 +193,10 @@ def test_healed_masks_are_computed_once_per_prefix(index, monkeypatch):
     mask = first.allowed()
     walks = []
     monkeypatch.setattr(index, "walk", lambda *a, **k: walks.append(a) or pytest.fail("walked again"))
-    assert first.allowed() is mask  # asked again (settle, then choose): the same array
+    assert first.allowed() is mask  # asked again (settle, then choose): the same mask
     again = compile_guide(term, "X", index)  # the next hole with this constraint and prefix
     again.heal(b" ")
-    assert again.allowed() is mask and again.allowed_count == first.allowed_count == int(mask.sum())
+    assert again.allowed() is mask and again.allowed().count == first.allowed().count == int(mask.array.sum())
     monkeypatch.undo()
     other = compile_guide(T.In("X", ("no",)), "X", index)  # another constraint: its own healed mask
     other.heal(b" ")

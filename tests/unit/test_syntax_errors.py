@@ -1,7 +1,9 @@
-"""Malformed and hostile queries: each raises LmqlSyntaxError at the right line and column."""
+"""Malformed and hostile queries: each raises LmqlSyntaxError at the right line and column; check and run agree."""
 import pytest
 
-from lmql_lite.errors import LmqlSyntaxError
+import lmql_lite
+from lmql_lite.errors import LmqlError, LmqlSyntaxError
+from lmql_lite.models.fake import FakeModel
 from lmql_lite.parser import parse
 
 # (source, line, column, a fragment of the message)
@@ -41,7 +43,7 @@ CASES = [
     ('x = "a" where b', 1, 9, "unexpected 'where'"),
     ('if x:\ny = 1\n', 2, 1, "unexpected 'y'"),
     ('if x:\n    y\n  z\n', 3, 3, 'unindent does not match any outer indentation level'),
-    ('  x = 1\n', 1, 2, 'unexpected indent'),
+    ('  x = 1\ny = 2\n', 2, 1, "this line is indented less than the query's first line"),
     ('x = 1\n    y = 2\n', 2, 5, 'unexpected indent'),
     ('def f(:\n    pass\n', 1, 7, "unexpected ':'"),
     ('for in x:\n    pass\n', 1, 8, "unexpected 'x'"),
@@ -113,3 +115,76 @@ def test_deep_nesting_is_an_error_not_a_crash():
             parse(source)
         except LmqlSyntaxError:
             pass
+
+
+# Queries `run` rejects before calling the model: `check` rejects each with the same message at the
+# same position, and `run` does so before loading a model (the fake model is never asked).
+# (source, line, column, a fragment of the message)
+REJECTED = [
+    ('"[X]" where X in ["a", "b"] and X in ["c"]\n', 1, 2, "X can never satisfy its constraint"),
+    ('"[X]" where REGEX(X, r"(\\d+")\n', 1, 2, "invalid regular expression '(\\\\d+'"),
+    ('"[N: int]" where N in ["ab"]\n', 1, 2, "N can never satisfy its constraint"),
+    ('"[X]" where len(TOKENS(X)) < 0\n', 1, 2, "no token count fits"),
+    ('"A: [CITY]" where len(TOKENS(CITY)) < 3\nreturn CITYY\n', 2, 8, "CITYY is used but never defined; did you mean CITY?"),
+    ('"A: [CITY]"\n"{CITYS}"\n', 2, 3, "CITYS is used but never defined; did you mean CITY?"),
+    ('sampel(n=2)\n    "[X]"\n', 1, 1, "unknown decoder 'sampel'; did you mean 'sample'?"),
+    ('sampel(n=2)\n"[X]"\n', 1, 1, "unknown decoder 'sampel'; did you mean 'sample'?"),
+    ('x = 1\nsampel(n=2)\n"[X]"\n', 2, 1, "unknown decoder 'sampel'; did you mean 'sample'?"),
+    ('bogus "[X]"\n', 1, 1, "unknown decoder 'bogus'"),
+    ('argmax(temperature=0.5)\n"[X]"\n', 1, 20, "unknown option 'temperature' for argmax"),
+    ('sample(repetition_penalty=1.1)\n"[X]"\n', 1, 27, "LMQL's option 'repetition_penalty' is not supported"),
+    ('"[X]" where STOP_AT(X, ".")\n', 1, 13, "unknown constraint function STOP_AT; did you mean STOPS_AT?"),
+    ('"[X]" where stop_at(X, ".")\n', 1, 13, "unknown constraint function stop_at; did you mean stops_at?"),
+    ('"[X]" where Regex(X, "a")\n', 1, 13, "unknown constraint function Regex; did you mean regex?"),
+    ('"[X]" where len(TOKENS(X)) < 3 and len(TOKENS(Y)) < 3\n', 1, 47, "constraint on Y, but the query has no hole [Y]"),
+    ('"[X]" where X in ["a"] and Y in ["b"]\n', 1, 28, "constraint on Y, but the query has no hole [Y]"),
+    ('"[X]" where STOPS_AT(Z, ".")\n', 1, 22, "constraint on Z, but the query has no hole [Z]"),
+    ('argmax\n    "[X]"\nWHERE\n    X in ["a"] and\n    X in ["b"]\n', 2, 6, "X can never satisfy its constraint"),
+    ('import re\nargmax\n    "[X]" where regex(X, "[")\n', 3, 6, "invalid regular expression '['"),
+    ('    "[X]" where X in []\n    return X\n', 1, 6, "X can never satisfy its constraint"),
+]
+
+
+@pytest.mark.parametrize("source, line, column, message", REJECTED, ids=[repr(c[0])[:40] for c in REJECTED])
+def test_check_and_run_reject_alike(source, line, column, message):
+    from lmql_lite import checker, compiler
+
+    class NoModel(FakeModel):
+        def batch(self, rows):
+            raise AssertionError("the model was asked")
+
+    problems = checker.check(compiler.compile_query(parse(source, "bad.lmq")))
+    assert problems, "check passed"
+    first = problems[0]
+    with pytest.raises(LmqlError) as info:
+        lmql_lite.run(source, model=NoModel())
+    ran = info.value
+    assert message in first.message, str(first)
+    assert (first.line, first.column) == (line, column), str(first)
+    assert (ran.message, ran.line, ran.column, type(ran)) == (first.message, first.line, first.column, type(first))
+
+
+def test_errors_come_before_torch_loads(tmp_path):
+    """`lmql-lite run` and `check` report a static error without importing torch (so in well under a second)."""
+    import subprocess
+    import sys
+    import time
+    path = tmp_path / "q.lmq"
+    path.write_text('"A: [CITY]" where REGEX(CITY, r"(\\d+")\n')
+    code = ("import sys; from lmql_lite import cli; "
+            f"codes = [cli.main(['run', {str(path)!r}]), cli.main(['check', {str(path)!r}])]; "
+            "print(codes, 'torch' in sys.modules)")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - start
+    assert out.stdout.split() == ["[3,", "3]", "False"], out.stdout + out.stderr
+    assert "invalid regular expression" in out.stderr
+    assert elapsed < 10  # a process start; the measured figure on an idle machine is in the report
+
+
+def test_a_decoder_after_python_is_the_decoder_not_an_input():
+    """Once the bogus "'sample' is not a decoder; did you mean 'sample'?"."""
+    results = lmql_lite.run('x = 1\nsample(n=2, seed=1)\n"Pick[X]" where X in [" ab", " cd"]\n', model=FakeModel())
+    assert len(results) == 2
+    with pytest.raises(lmql_lite.QueryArgumentError, match="the query needs input sample:"):
+        lmql_lite.run('"{sample}[X]" where X in ["a"]\n', model=FakeModel())

@@ -1,0 +1,181 @@
+"""The hole being filled: its guide, token healing, budgets, fast-forward, the tokens taken, and its final text and value."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from . import runtime
+from .constraints import compile_guide, terms
+from .constraints.base import Guide, Mask
+from .errors import ConstraintError, LmqlError
+from .prompt import Prompt
+from .result import TokenRecord
+
+
+class Filling:
+    """One hole of one result, from its first token to its value."""
+
+    def __init__(self, hole: runtime.Hole, guide: Guide, prompt: Prompt, runner, program, heal_prefix: bytes):
+        self.hole, self.guide, self.prompt = hole, guide, prompt
+        self.runner = runner               # the model, its vocabulary and the decoder options
+        self.program = program             # the query the hole is in (errors point into it)
+        self.heal_prefix = heal_prefix     # prompt bytes the hole's first token re-spells (healing)
+        self.start = len(prompt.tokens)    # the hole's first token
+        self.logprob = 0.0
+        self.clock = time.perf_counter()   # when the hole's last token was taken (for --trace)
+
+    @classmethod
+    def begin(cls, hole: runtime.Hole, resolve: Callable[[str], Any], prompt: Prompt, runner, program) -> "Filling":
+        """The hole's guide from its constraint (with `resolve` giving the values known now), healing handed to it."""
+        prompt.flush()
+        try:
+            term = hole.where(resolve) if hole.where else None
+            if term is terms.UNKNOWN:
+                term = None
+            if term is False:
+                raise ConstraintError(f"the constraint on {hole.name} is false before decoding starts")
+            guide = compile_guide(None if term is True else term, hole.name, runner.index, hole_type=hole.type)
+        except LmqlError as e:
+            raise locate(e, hole, program)
+        prefix = prompt.take_back() if runner.options.healing else b""
+        prompt.healable = False
+        if prefix:
+            guide.heal(prefix)
+        filling = cls(hole, guide, prompt, runner, program, prefix)
+        if len(prompt.tokens) >= runner.options.max_len:
+            raise filling.locate(ConstraintError(f"max_len={runner.options.max_len} is reached by the "
+                                                 f"prompt before {hole.name} can be decoded"))
+        filling.check_room()
+        return filling
+
+    def check_room(self) -> None:
+        """ConstraintError before decoding when max_len (or max_tokens) leaves fewer tokens than the hole needs."""
+        options, plan = self.runner.options, getattr(self.guide, "plan", None)
+        if plan is None:
+            return
+        room = options.max_len - len(self.prompt.tokens)
+        if options.max_tokens is not None:
+            room = min(room, options.max_tokens)
+        widest = self.runner.index.max_token_bytes
+        needed = max(plan.counts.lo, -(-int(self.guide.automaton.bytedist[0]) // widest) if widest else 0)
+        if needed > room:
+            limits = f"max_len={options.max_len}" + (f" and max_tokens={options.max_tokens}"
+                                                     if options.max_tokens is not None else "")
+            raise self.locate(ConstraintError(f"{self.hole.name} needs at least {needed} tokens under {plan.term}, "
+                                              f"but {limits} leave{'s' if options.max_tokens is None else ''} "
+                                              f"room for {room} after the prompt"))
+
+    def copy(self, prompt: Prompt) -> "Filling":
+        twin = Filling.__new__(Filling)
+        twin.__dict__.update(self.__dict__, prompt=prompt, guide=self.guide.copy())
+        return twin
+
+    def locate(self, e: LmqlError) -> LmqlError:
+        return locate(e, self.hole, self.program)
+
+    def mask(self) -> Mask:
+        """The guide's mask; a hole that nothing can continue is an error at the hole."""
+        try:
+            return self.guide.allowed()
+        except LmqlError as e:
+            raise self.locate(e)
+
+    def finished(self) -> bool:
+        return self.guide.is_finished()
+
+    def spelt(self, token: int | None) -> bytes:
+        """The hole's bytes so far, and `token`'s after them."""
+        vocab = self.runner.model.vocabulary.tokens
+        return b"".join(vocab[t] for t in self.prompt.tokens[self.start:]) + (vocab[token] if token is not None else b"")
+
+    # ---- what needs no forward pass ----------------------------------------------------
+
+    def budget_spent(self) -> bool:
+        options, used = self.runner.options, len(self.prompt.tokens)
+        if used >= options.max_len:
+            return True
+        return options.max_tokens is not None and used - self.start >= options.max_tokens
+
+    def end_early(self) -> None:
+        """A token budget is spent: end the hole if its text is acceptable, else fail."""
+        eos = self.runner.eos_id
+        if eos is None or not self.mask()[eos]:
+            raise self.locate(ConstraintError(
+                f"{self.hole.name} reached its token budget before its value satisfied the constraint"))
+        self.prompt.trace.notes.append(f"{self.hole.name}: ended at the token budget")
+        self.guide.advance(eos)
+
+    def fast_forward(self) -> bool:
+        """Append the text the guide forces, without a forward pass; True if anything was appended.
+
+        Unless the forced text completes the hole, its last token is held back: the text that
+        follows may merge with it (a forced " " before "neutral" is better written " neutral").
+        """
+        forced = self.guide.forced()
+        if not forced:
+            return False
+        try:
+            text = forced.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        ids = self.runner.model.encode(text)
+        probe = self.guide.copy()
+        for tok in ids:
+            if not probe.allowed()[tok]:
+                return False  # the tokenizer spells it in a way the guide does not allow
+            probe.advance(tok)
+        if not probe.is_finished():
+            ids = ids[:-1]
+        appended = False
+        for tok in ids:
+            if self.finished() or self.budget_spent():
+                break
+            self.take(tok, 0.0, "forced", 0)
+            appended = True
+        return appended
+
+    def only_choice(self) -> bool:
+        """Take the token when the mask allows exactly one (a healed ':' re-spelt, an end of sequence)."""
+        mask = self.mask()
+        if mask.count != 1:
+            return False
+        self.take(int(mask.ids[0]), 0.0, "forced", 1)
+        return True
+
+    # ---- tokens and the end ------------------------------------------------------------
+
+    def take(self, tok: int, logprob: float, how: str, allowed: int) -> None:
+        """Append one token (chosen by the decoder or forced) to the hole."""
+        trace = self.prompt.trace
+        if trace.tokens is not None:
+            now = time.perf_counter()
+            text = self.runner.model.vocabulary.tokens[tok].decode("utf-8", errors="replace")
+            trace.tokens.append(TokenRecord(self.hole.name, tok, text, allowed, how, logprob, now - self.clock))
+            self.clock = now
+        if how == "forced":
+            trace.forced_tokens += 1
+        else:
+            trace.generated_tokens += 1
+        self.logprob += logprob
+        if tok not in self.runner.model.vocabulary.eos_ids:
+            self.prompt.tokens.append(tok)
+        self.guide.advance(tok)
+
+    def finish(self) -> tuple[str, Any]:
+        """(text, value) of the finished hole, decorators applied; the row's tokens spell exactly the text."""
+        try:
+            text, value = self.guide.text(), self.guide.value()
+            for fn in reversed(self.hole.decorators):
+                value = fn(value)
+                text = str(value)
+        except LmqlError as e:
+            raise self.locate(e)
+        self.prompt.reconcile(self.start, self.heal_prefix + text.encode())
+        self.prompt.value(text)
+        return text, value
+
+
+def locate(e: LmqlError, hole: runtime.Hole, program) -> LmqlError:
+    """`e`, positioned at `hole` in `program` when it has no position yet."""
+    return e.locate(file=program.filename, line=hole.line, column=hole.column,
+                    source_line=program.source_line(hole.line))

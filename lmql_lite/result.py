@@ -1,0 +1,60 @@
+"""What a run returns: `Result` (prompt, variables, value, distribution, log-probabilities) and its `Trace`."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TokenRecord:
+    """One token of a hole, for `--trace`."""
+    variable: str
+    token: int
+    text: str
+    allowed: int          # tokens the mask allowed at this step (0 for forced tokens)
+    how: str              # "chosen" or "forced"
+    logprob: float        # under the masked distribution the decoder chose from
+    seconds: float        # since the previous token of the hole (or its start): forward pass and choice
+
+
+@dataclass
+class Trace:
+    forward_passes: int = 0    # passes this result's row took part in
+    tokens_fed: int = 0        # tokens that went through the model for this result
+    prompt_tokens: int = 0     # tokens of prompt text (chat markers included)
+    generated_tokens: int = 0  # hole tokens chosen by the decoder
+    forced_tokens: int = 0     # hole tokens appended without a choice (fast-forward)
+    mask_seconds: float = 0.0  # time spent building and applying masks
+    notes: list[str] = field(default_factory=list)
+    tokens: list[TokenRecord] | None = None
+
+
+@dataclass
+class Result:
+    prompt: str
+    variables: dict[str, Any]
+    value: Any = None
+    distribution: dict[str, float] | None = None            # value → probability
+    distribution_logprobs: dict[str, float] | None = None   # value → total log-probability
+    logprobs: dict[str, float] = field(default_factory=dict)
+    logprob: float = 0.0
+    trace: Trace = field(default_factory=Trace)
+
+    def to_json(self) -> dict:
+        return {"prompt": self.prompt, "variables": _jsonable(self.variables),
+                "distribution": self.distribution, "value": _jsonable(self.value)}
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if dataclasses.is_dataclass(x):
+        return _jsonable(dataclasses.asdict(x))
+    if hasattr(x, "model_dump"):
+        return _jsonable(x.model_dump())
+    return repr(x)

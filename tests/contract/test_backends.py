@@ -1,0 +1,181 @@
+"""The model backend contract (`lmql_lite.models.base`), one suite over every backend: a new engine is done when it passes.
+
+Every check compares a backend with itself through a different route (a fresh batch fed the
+same tokens at once, step-by-step logits), so it needs no reference implementation: the fake
+model, the transformers engine on a tiny random Llama, and any engine added later.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from lmql_lite.models import base
+
+TEXTS = ["The capital of France is Paris.\n", "Is it on the coast? yes no", "Numbers: 2024-01-31", "Café"]
+
+
+@pytest.fixture(scope="module", params=["fake", "transformers"])
+def model(request):
+    if request.param == "fake":
+        from lmql_lite.models.fake import FakeModel
+        return FakeModel()
+    from lmql_lite.models import load_model
+    return load_model("transformers:" + str(request.getfixturevalue("tiny_model_dir")))
+
+
+def ordinary(model, n: int, rng: random.Random) -> list[int]:
+    """`n` random ids of ordinary (non-special) tokens."""
+    ids = [i for i, t in enumerate(model.vocabulary.tokens) if t and i not in model.vocabulary.special_ids]
+    return [rng.choice(ids) for _ in range(n)]
+
+
+def fresh_logits(model, tokens: list[int]) -> np.ndarray:
+    """The logits after `tokens`, from a new one-row batch fed them all at once."""
+    return model.batch(1).step([tokens])[0]
+
+
+def close(a, b) -> None:
+    finite = np.isfinite(b)
+    assert np.array_equal(np.isfinite(a), finite)
+    np.testing.assert_allclose(a[finite], b[finite], atol=1e-4, rtol=1e-4)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return x - x.max() - np.log(np.exp(x - x.max()).sum())
+
+
+def test_logits_are_numpy_float32_rows_by_vocabulary_and_the_callers(model):
+    batch = model.batch(3)
+    logits = batch.step([model.bos_ids + model.encode(t) for t in TEXTS[:3]])
+    assert isinstance(logits, np.ndarray) and logits.dtype == np.float32
+    assert logits.shape == (3, len(model.vocabulary))
+    assert np.isfinite(logits).all()
+    kept = logits.copy()
+    logits[:] = 0.0  # the caller owns what it got: the batch does not see this
+    np.testing.assert_array_equal(batch.step([[], [], []]), kept)  # fed nothing: the same logits again
+
+
+def test_a_row_with_no_tokens_gets_zero_logits(model):
+    logits = model.batch(2).step([ordinary(model, 2, random.Random(0)), []])
+    assert (logits[1] == 0).all() and not (logits[0] == 0).all()
+
+
+def test_each_token_goes_through_the_model_once(model):
+    tokens = ordinary(model, 12, random.Random(1))
+    batch = model.batch(1)
+    batch.step([tokens[:8]])
+    for token in tokens[8:]:
+        logits = batch.step([[token]])
+    assert (batch.forward_passes, batch.tokens_fed) == (5, 12)
+    assert batch.tokens(0) == tokens
+    close(logits[0], fresh_logits(model, tokens))
+
+
+def test_truncate_select_and_tokens_match_a_fresh_batch(model):
+    rng = random.Random(2)
+    batch = model.batch(3)
+
+    def check(logits):
+        for row in range(logits.shape[0]):
+            close(logits[row], fresh_logits(model, batch.tokens(row)))
+
+    check(batch.step([ordinary(model, n, rng) for n in (5, 2, 3)]))
+    check(batch.step([ordinary(model, n, rng) for n in (1, 0, 4)]))
+    batch.truncate(0, 3)
+    batch.truncate(2, 6)
+    assert [len(batch.tokens(r)) for r in range(3)] == [3, 2, 6]
+    check(batch.step([[], ordinary(model, 1, rng), ordinary(model, 2, rng)]))
+    rows = [batch.tokens(r) for r in range(3)]
+    batch.select([2, 0, 0, 1])
+    assert [batch.tokens(r) for r in range(4)] == [rows[2], rows[0], rows[0], rows[1]]
+    check(batch.step([ordinary(model, n, rng) for n in (1, 2, 0, 3)]))
+    batch.truncate(3, 1)
+    check(batch.step([[], [], [], []]))
+    batch.select([1])
+    check(batch.step([[]]))
+
+
+def test_only_gives_exactly_the_logits_asked_for(model):
+    rng = random.Random(3)
+    width = len(model.vocabulary)
+    few = np.array(sorted(rng.sample(range(width), 9)))
+    only = [few, None, few[:2]]
+    batch = model.batch(3)
+    logits = batch.step([ordinary(model, n, rng) for n in (4, 2, 3)], only=only)
+    for row in range(3):
+        expected = fresh_logits(model, batch.tokens(row))
+        ids = np.arange(width) if only[row] is None else only[row]
+        np.testing.assert_allclose(logits[row, ids], expected[ids], atol=1e-4, rtol=1e-4)
+        rest = np.setdiff1d(np.arange(width), ids)
+        # Outside `only` a backend may skip the work (-inf) or compute the logits anyway.
+        assert (np.isneginf(logits[row, rest]) | np.isclose(logits[row, rest], expected[rest], atol=1e-4)).all()
+    # Asked later for all of them, a row that got only some logits gets them all, exactly.
+    full = batch.step([[], [], []])
+    for row in range(3):
+        close(full[row], fresh_logits(model, batch.tokens(row)))
+
+
+@pytest.mark.parametrize("truncated", [False, True])
+def test_scoring_equals_step_by_step_logits(model, truncated):
+    rng = random.Random(4)
+    prefix = model.bos_ids + model.encode(TEXTS[0])
+    continuations = [ordinary(model, n, rng) for n in (1, 3, 2)]
+    batch = model.batch(2)
+    batch.step([prefix, ordinary(model, 3, rng)])
+    if truncated:  # the row's last logits are gone: the backend must recompute them
+        batch.step([ordinary(model, 2, rng), []])
+        batch.truncate(0, len(prefix))
+    before = [batch.tokens(0), batch.tokens(1)]
+    scores = batch.score(0, continuations)
+    assert len(scores) == len(continuations)
+    for tokens, score in zip(continuations, scores):
+        assert score.shape == (len(tokens),)
+        step = model.batch(1)
+        expected = []
+        logits = step.step([prefix])[0]
+        for token in tokens:
+            expected.append(log_softmax(logits)[token])
+            logits = step.step([[token]])[0]
+        np.testing.assert_allclose(score, expected, atol=1e-4)
+    assert [batch.tokens(0), batch.tokens(1)] == before  # the rows are as they were
+    close(batch.step([[], []])[0], fresh_logits(model, prefix))
+
+
+def test_end_of_sequence_ids_are_special_and_never_spelt(model):
+    vocab = model.vocabulary
+    assert vocab.eos_ids and vocab.eos_ids <= vocab.special_ids
+    assert all(0 <= i < len(vocab) and vocab.tokens[i] == b"" for i in vocab.eos_ids)
+    assert all(0 <= i < len(vocab) for i in model.bos_ids)
+    for text in TEXTS:
+        assert not set(model.encode(text)) & vocab.eos_ids
+
+
+def test_the_vocabulary_bytes_spell_what_encode_and_decode_say(model):
+    vocab = model.vocabulary
+    assert len(vocab) == model.batch(1).step([model.encode("a")]).shape[1]
+    assert all(isinstance(t, bytes) for t in vocab.tokens)
+    assert all(vocab.tokens[i] == b"" for i in vocab.special_ids)
+    for text in TEXTS:
+        ids = model.encode(text)
+        assert b"".join(vocab.tokens[i] for i in ids) == text.encode()
+        assert model.decode(ids) == text
+
+
+def test_chat_markers_are_text_that_encodes_with_special_tokens(model):
+    for role in ("system", "user", "assistant"):
+        opening, closing = model.role_markers(role)
+        assert isinstance(opening, str) and isinstance(closing, str) and opening
+        for marker in (opening, closing):
+            assert model.decode(model.encode(marker, special=True)) == marker
+    assert isinstance(model.chat_preamble("user"), str)
+
+
+def test_backends_implement_the_protocol_names(model):
+    batch = model.batch(1)
+    for name in ("step", "score", "truncate", "select", "tokens", "forward_passes", "tokens_fed"):
+        assert hasattr(batch, name) and hasattr(base.Batch, name)
+    for name in ("encode", "decode", "role_markers", "chat_preamble", "batch"):
+        assert callable(getattr(model, name)) and hasattr(base.LanguageModel, name)
