@@ -161,7 +161,7 @@ class TokenIndex:
 
 # ---- the trie, built or loaded -------------------------------------------------------------
 
-_TRIE_FORMAT = 1  # bump when the arrays change meaning: older files are then ignored
+_TRIE_FORMAT = 2  # bump when the arrays or the file change: older files are then ignored (2: sealed with a checksum)
 
 
 def _build_trie(texts: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -194,17 +194,32 @@ def _fingerprint(texts: list[bytes]) -> str:
 
 
 def _load_trie(path: Path, tokens: int):
-    try:
-        with np.load(path) as data:
-            trie = tuple(data[name] for name in ("byte", "child_start", "child_end", "token_node"))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing or damaged: build it again
+    """The trie saved in `path`, or None: missing, not ours, damaged (checksum) or inconsistent, so built again."""
+    payload = cache.load(path, "trie")
+    if payload is None:
         return None
-    byte, child_start, child_end, token_node = trie
-    nodes = len(byte)
-    if len(token_node) != tokens or len(child_start) != nodes or len(child_end) != nodes \
-            or (tokens and not 0 <= token_node.min() <= token_node.max() < nodes):
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as data:
+            trie = tuple(data[name] for name in ("byte", "child_start", "child_end", "token_node"))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        trie = None
+    if trie is None or not _consistent(trie, tokens):
+        cache.note(path, "damaged (not a token trie of this vocabulary)")
         return None
     return trie
+
+
+def _consistent(trie, tokens: int) -> bool:
+    """Shapes, types and ranges that `walk` relies on."""
+    byte, child_start, child_end, token_node = trie
+    nodes = len(byte)
+    if any(a.ndim != 1 or a.dtype.kind not in "iu" for a in trie) or not nodes:
+        return False
+    if len(token_node) != tokens or len(child_start) != nodes or len(child_end) != nodes:
+        return False
+    return bool((byte >= 0).all() and (byte < 256).all() and (child_start >= 1).all()
+                and (child_start <= child_end).all() and (child_end <= nodes).all()
+                and (not tokens or 0 <= token_node.min() <= token_node.max() < nodes))
 
 
 def _save_trie(path: Path, trie) -> None:
@@ -212,7 +227,7 @@ def _save_trie(path: Path, trie) -> None:
     data = io.BytesIO()
     np.savez(data, **dict(zip(("byte", "child_start", "child_end", "token_node"), trie)))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        cache.private_folder(path.parent)
     except OSError:
         return
-    cache.write_file(path, data.getvalue())
+    cache.save(path, "trie", data.getvalue())

@@ -10,7 +10,6 @@ import hashlib
 import importlib.resources
 import io
 import keyword
-import pickle
 import re
 import tokenize
 import warnings
@@ -62,25 +61,32 @@ def parse_cached(source: str, filename: str) -> nodes.Query:
 
     Keyed by the text, the file name and this parser's own code (grammar, parser, nodes), so a
     query file run again in a new process skips Lark, whose tables take about half a second to
-    load. Text that does not parse is never stored. Meant for query files, whose number is bounded:
-    queries built in Python at run time are cached in their process only (`api.load`).
+    load. The entry is JSON that can only build `nodes` dataclasses (see `cache.loads`). Text that
+    does not parse is never stored. Meant for query files, whose number is bounded: queries built
+    in Python at run time are cached in their process only (`api.load`).
     """
     folder = cache.subfolder("queries")
     if folder is None:
         return parse(source, filename)
     digest = hashlib.sha256(_code_fingerprint())
     digest.update(repr((filename, source)).encode("utf-8", "surrogatepass"))
-    path = folder / f"{digest.hexdigest()[:32]}.pickle"
-    try:
-        with open(path, "rb") as f:
-            query = pickle.load(f)
-        if isinstance(query, nodes.Query):
+    path = folder / f"{digest.hexdigest()[:32]}.json"
+    payload = cache.load(path, "query")
+    if payload is not None:
+        try:
+            query = cache.loads(payload, _NODE_CLASSES)
+        except (ValueError, TypeError):
+            query = None
+        if isinstance(query, nodes.Query) and query.source == source and query.filename == filename:
             return query
-    except Exception:  # missing, damaged or written by other code: parse again
-        pass
+        cache.note(path, "damaged (not the parse of this query)")
     query = parse(source, filename)
-    cache.write_file(path, pickle.dumps(query, protocol=pickle.HIGHEST_PROTOCOL))
+    cache.save(path, "query", cache.dumps(query, _NODE_CLASSES))
     return query
+
+
+_NODE_CLASSES = {name: cls for name, cls in vars(nodes).items()
+                 if isinstance(cls, type) and cls.__module__ == nodes.__name__ and hasattr(cls, "__dataclass_fields__")}
 
 
 @functools.lru_cache(maxsize=1)
@@ -179,15 +185,45 @@ def _token_after(kind: str, value: str, token: lark.Token | None) -> lark.Token:
 
 
 _LARK: lark.Lark | None = None
+_LARK_OPTIONS = dict(parser="lalr", start=["plain_query", "decoded_query"], propagate_positions=True,
+                     maybe_placeholders=True)
+_LARK_OBJECTS = ("postlex", "lexer_callbacks", "tree_class", "transformer", "_plugins", "cache")  # passed when loading
 
 
 def _parser() -> lark.Lark:
+    """Lark's LALR parser for grammar/lmql.lark, its tables kept between processes as data.
+
+    Not Lark's own `cache=`, which unpickles the file (before checking its hash): a planted cache
+    file would run code. Building the tables takes 1.5-2.5 s; loading them about 0.3 s.
+    """
     global _LARK
     if _LARK is None:
-        options = dict(parser="lalr", start=["plain_query", "decoded_query"], postlex=_Indenter(),
-                       propagate_positions=True, maybe_placeholders=True, cache=_cache_file())
-        _LARK = lark.Lark(_grammar_text(), **options)
+        folder = cache.subfolder("")
+        text = _grammar_text()
+        key = hashlib.sha256(f"{lark.__version__}\0{sorted(_LARK_OPTIONS.items())}\0{text}".encode()).hexdigest()
+        path = None if folder is None else folder / f"grammar-{key[:32]}.json"
+        payload = None if path is None else cache.load(path, "lark")
+        if payload is not None:
+            try:
+                tables = cache.loads(payload)
+                _LARK = lark.Lark._load_from_dict(tables["data"], tables["memo"], postlex=_Indenter())
+            except Exception:  # well-formed JSON that Lark cannot rebuild a parser from
+                cache.note(path, "damaged (not Lark tables)")
+        if _LARK is None:
+            _LARK = lark.Lark(text, postlex=_Indenter(), **_LARK_OPTIONS)
+            if path is not None:
+                _save_tables(_LARK, path)
     return _LARK
+
+
+def _save_tables(parser: lark.Lark, path: Path) -> None:
+    data, memo = parser.memo_serialize([lark.lexer.TerminalDef, lark.grammar.Rule])
+    data["options"] = {k: v for k, v in data["options"].items() if k not in _LARK_OBJECTS}
+    try:
+        payload = cache.dumps({"data": data, "memo": memo})
+    except TypeError:  # a Lark version whose tables hold more than plain data: build them each time
+        return
+    cache.save(path, "lark", payload)
 
 
 def _grammar_text() -> str:
@@ -200,12 +236,6 @@ def _grammar_text() -> str:
         return importlib.resources.files("lmql_lite.grammar").joinpath("lmql.lark").read_text(encoding="utf-8")
     except (ImportError, OSError):
         return (Path(__file__).resolve().parent.parent / "grammar" / "lmql.lark").read_text(encoding="utf-8")
-
-
-def _cache_file() -> str | bool:
-    """A per-user cache file (not the shared temp dir: Lark's cache is a pickle)."""
-    folder = cache.subfolder("")
-    return False if folder is None else str(folder / f"grammar-lark-{lark.__version__}.cache")
 
 
 # --- errors ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ lazily, when a model is needed. Its tokenizer adapters live in the torch-free `h
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 import inspect
@@ -22,8 +23,9 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from .. import cache
-from ..errors import ModelError
+from ..errors import LmqlError, ModelError
 from ..index import Vocabulary
+from . import check_name
 from .hf_tokenizer import PLAIN_ROLE_MARKERS, chat_markers, vocabulary_from_tokenizer  # noqa: F401
 
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
@@ -32,14 +34,15 @@ DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def load_model(name: str | None = None) -> "TransformersModel":
-    """The default model (None), a local directory holding a causal LM, or a hub id from the user's cache (or the network)."""
+    """The default model (None), a local directory holding a causal LM, a `.gguf` file (converted once into the cache), or a hub id from the user's cache (or the network)."""
+    check_name(name)
     if name is None:
         return _load_default()
     path = Path(name).expanduser()
+    if path.is_file():
+        return _load_gguf(path, name)
     if path.exists():
         return _load(str(path), name)
-    if name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or name.endswith(".gguf"):
-        raise ModelError(f"model {name!r}: no such file or directory")
     return _load(name, name)
 
 
@@ -402,7 +405,8 @@ def _load_default() -> TransformersModel:
     except ModelError as e:
         if _is_out_of_memory(e.__cause__):
             raise
-        # Damage the manifest cannot see (same sizes, garbage inside): rebuild once.
+        # Damage the manifest cannot see (same sizes, garbage inside): rebuild once. A timeout or
+        # an interrupt is not a ModelError (see `_model_errors`) and never gets here.
         folder = cache.build(folder, default_identity(_default_gguf()), _convert_default)
         default_tokenizer.cache_clear()
         return _load(str(folder), DEFAULT_NAME)
@@ -447,19 +451,47 @@ def _default_folder() -> Path:
 
 def _convert_default(out: Path) -> None:
     """Dequantise the default GGUF into a plain transformers folder (float32 safetensors, config, tokenizer)."""
+    _convert_gguf(_default_gguf(), DEFAULT_NAME, out)
+
+
+def _load_gguf(gguf: Path, name: str) -> TransformersModel:
+    """A `.gguf` file, converted once into `<cache>/gguf/` (keyed by its path, size and modification time)."""
+    _check_gguf(gguf, name)
+    source = cache.file_identity(gguf)
+    key = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache.cache_root() / "gguf" / f"{gguf.stem}-{key}"
+    try:
+        cache.ensure(folder, source, lambda out: _convert_gguf(gguf, name, out))
+    except OSError as e:
+        raise ModelError(f"cannot write the model cache in {folder.parent}: {e.strerror or e}; "
+                         "set LMQL_LITE_CACHE to a writable folder") from e
+    return _load(str(folder), name)
+
+
+def _check_gguf(gguf: Path, name: str) -> None:
+    """Read the GGUF header and tensor table (numpy, no weights): a damaged or truncated file is a ModelError."""
+    import gguf as gguf_package
+
+    try:
+        gguf_package.GGUFReader(str(gguf))
+    except Exception as e:  # the reader raises ValueError, struct.error, IndexError... on garbage
+        raise ModelError(f"model {name!r} is not a valid GGUF file ({type(e).__name__}: {e})") from None
+
+
+def _convert_gguf(gguf: Path, name: str, out: Path) -> None:
+    """Dequantise a GGUF into a plain transformers folder in `out` (float32 safetensors, config, tokenizer)."""
     import safetensors.torch
 
-    gguf = _default_gguf()
-    print(f"lmql_lite: preparing the default model {DEFAULT_NAME} in {out.parent} (first run only, about a minute)...",
+    print(f"lmql_lite: preparing the model {name} in {out.parent} (first run only, about a minute)...",
           file=sys.stderr, flush=True)
-    with _quiet(), _model_errors(DEFAULT_NAME):
+    with _quiet(), _model_errors(name):
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         module = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     tokenizer.save_pretrained(str(out))
     # save_pretrained refuses GGUF-loaded models: write the config and weights ourselves.
     config = module.config.to_dict()
     config.pop("quantization_config", None)
-    config["_name_or_path"] = DEFAULT_NAME
+    config["_name_or_path"] = name
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     module.generation_config.save_pretrained(str(out))
     state = module.state_dict()
@@ -481,8 +513,7 @@ def _load(source: str, name: str) -> TransformersModel:
             why = ("the Hugging Face hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache" if offline
                    else "it is neither a local directory nor a model the Hugging Face hub could provide")
             raise ModelError(f"model {name!r} not found: {why}") from e
-        if type(config) not in AutoModelForCausalLM._model_mapping:
-            raise ModelError(f"model {name!r} is a {config.model_type!r} model, not a causal language model")
+        _check_causal(config, name)
         try:
             module = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch.float32)
         except (OSError, ValueError) as e:
@@ -494,11 +525,40 @@ def _load(source: str, name: str) -> TransformersModel:
     return TransformersModel(name, module.eval(), tokenizer)
 
 
+def _check_causal(config, name: str) -> None:
+    """Refuse a model that is not a causal (left-to-right) language model: it would load, then write nonsense.
+
+    transformers loads some encoders (BERT, RoBERTa...) as a causal LM with a freshly initialised
+    head, and an encoder-decoder's decoder alone; the saved architecture, or `is_decoder`, says
+    what the weights were trained as.
+    """
+    mapping = AutoModelForCausalLM._model_mapping
+    if type(config) not in mapping:
+        raise ModelError(f"model {name!r} is a {config.model_type!r} model, not a causal language model")
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelError(f"model {name!r} is an encoder-decoder ({config.model_type!r}) model, not a causal language model")
+    causal = mapping[type(config)]
+    causal = {c.__name__ for c in (causal if isinstance(causal, (tuple, list)) else (causal,))}
+    saved = list(getattr(config, "architectures", None) or [])
+    if saved and not causal & set(saved):
+        raise ModelError(f"model {name!r} is a {', '.join(saved)}, not a causal language model "
+                         f"(for {config.model_type!r} models that is {', '.join(sorted(causal))})")
+    if not getattr(config, "is_decoder", False) and not getattr(config, "causal", False) and _is_also_an_encoder(config):
+        raise ModelError(f"model {name!r} is a {config.model_type!r} encoder: its config does not say is_decoder=true, "
+                         "so it is not a causal language model")
+
+
+def _is_also_an_encoder(config) -> bool:
+    from transformers import AutoModelForMaskedLM
+
+    return type(config) in AutoModelForMaskedLM._model_mapping
+
+
 @contextmanager
 def _model_errors(name: str):
     try:
         yield
-    except ModelError:
+    except LmqlError:  # ModelError, and a QueryTimeoutError raised by the --timeout alarm: not a load failure
         raise
     except Exception as e:
         if _is_out_of_memory(e):

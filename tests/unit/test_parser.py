@@ -225,14 +225,14 @@ def test_a_query_file_is_parsed_once_and_read_back_from_the_cache(tmp_path, monk
     monkeypatch.setenv("LMQL_LITE_CACHE", str(tmp_path))
     first = parser.parse_cached(CACHED_SOURCE, "q.lmq")
     assert first == parse(CACHED_SOURCE, "q.lmq")
-    assert len(list((tmp_path / "queries").glob("*.pickle"))) == 1
+    assert len(list((tmp_path / "queries").glob("*.json"))) == 1
     monkeypatch.setattr(parser, "_Builder", lambda *a: pytest.fail("parsed again"))
     assert parser.parse_cached(CACHED_SOURCE, "q.lmq") == first
     monkeypatch.undo()
     monkeypatch.setenv("LMQL_LITE_CACHE", str(tmp_path))
     parser.parse_cached(CACHED_SOURCE + "\n", "q.lmq")  # edited text, other file name: other entries
     parser.parse_cached(CACHED_SOURCE, "other.lmq")
-    assert len(list((tmp_path / "queries").glob("*.pickle"))) == 3
+    assert len(list((tmp_path / "queries").glob("*.json"))) == 3
 
 
 def test_cached_parsing_reports_errors_as_parse_does_and_stores_nothing(tmp_path, monkeypatch):
@@ -253,7 +253,7 @@ def test_a_damaged_cache_entry_is_parsed_again(tmp_path, monkeypatch, damage):
     from lmql_lite import parser
     monkeypatch.setenv("LMQL_LITE_CACHE", str(tmp_path))
     parser.parse_cached(CACHED_SOURCE, "q.lmq")
-    (entry,) = (tmp_path / "queries").glob("*.pickle")
+    (entry,) = (tmp_path / "queries").glob("*.json")
     entry.write_bytes(damage)
     assert parser.parse_cached(CACHED_SOURCE, "q.lmq") == parse(CACHED_SOURCE, "q.lmq")
 
