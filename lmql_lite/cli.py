@@ -505,9 +505,7 @@ def _read_rows(path: str) -> tuple[list[int], list[dict[str, Any]]]:
     except OSError as e:
         raise QueryArgumentError(f"cannot read --inputs {path}: {e.strerror}") from None
     lines, rows = [], []
-    offset = 0
     for n, raw in enumerate(data.split(b"\n"), 1):
-        start, offset = offset, offset + len(raw) + 1
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:

@@ -186,14 +186,15 @@ def test_remote_models_are_a_clear_error(name):
         lmql.run(f'argmax\n    "[X]"\nfrom\n    "{name}"\n')
 
 
-def test_local_names_resolve_to_the_local_loader(monkeypatch):
+def test_local_names_resolve_to_the_local_loader(monkeypatch, tmp_path):
     from lmql_lite.models import transformers as backend
     asked = []
     monkeypatch.setattr(backend, "load_model", lambda name=None: asked.append(name) or "loaded")
+    (tmp_path / "config.json").write_text("{}")  # a model folder (check_name looks for its config)
     models.load_model("local:SmolLM2-135M-Instruct")
-    models.load_model("local:/some/dir")
+    models.load_model(f"local:{tmp_path}")
     models.load_model("local:org/model", cuda=True, silent=True)
-    assert asked == [None, "/some/dir", "org/model"]
+    assert asked == [None, str(tmp_path), "org/model"]
     with pytest.raises(lmql.ModelError, match="unknown option 'sed'; did you mean 'seed'"):
         models.load_model("random", sed=1)
 

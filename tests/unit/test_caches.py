@@ -368,7 +368,7 @@ def test_model_names_that_cannot_work_are_refused_before_loading_transformers(na
     with pytest.raises(ModelError, match=why):
         check_name(name)
     code = ("import sys\nfrom lmql_lite import api\nfrom lmql_lite.errors import ModelError\n"
-            f"try:\n    api.model({name!r})\nexcept ModelError as e:\n    print(e)\n"
+            f"try:\n    api.model({name!r}).load()\nexcept ModelError as e:\n    print(e)\n"
             "print('transformers' in sys.modules, 'lmql_lite.models.transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert why in out and out.endswith("False False\n")
