@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..index import Vocabulary
-from .fake import log_softmax
+from .fake import FakeBatch, log_softmax
 from .hf_tokenizer import PLAIN_ROLE_MARKERS, vocabulary_from_tokenizer
 
 
@@ -59,14 +59,12 @@ class RandomModel:
         return RandomBatch(self, rows)
 
 
-class RandomBatch:
-    """Rows of token lists; each step draws every row's logits afresh from its tokens."""
+class RandomBatch(FakeBatch):
+    """Rows of token lists; each step draws every row's logits afresh from its tokens.
 
-    def __init__(self, model: RandomModel, rows: int):
-        self.model = model
-        self._rows: list[list[int]] = [[] for _ in range(rows)]
-        self.forward_passes = 0
-        self.tokens_fed = 0
+    The fake batch's rows, truncate, select and tokens; its own step (it computes every logit,
+    whatever `only` asks) and score (no logits before the first token).
+    """
 
     def step(self, feeds: Sequence[Sequence[int]], only=None) -> np.ndarray:
         if len(feeds) != len(self._rows):
@@ -89,12 +87,3 @@ class RandomBatch:
             out.append(np.array([log_softmax(self.model.logits_for(prefix + list(tokens[:j])))[t]
                                  if prefix or j else 0.0 for j, t in enumerate(tokens)], np.float64))
         return out
-
-    def truncate(self, row: int, n: int) -> None:
-        del self._rows[row][n:]
-
-    def select(self, rows: Sequence[int]) -> None:
-        self._rows = [list(self._rows[r]) for r in rows]
-
-    def tokens(self, row: int) -> list[int]:
-        return list(self._rows[row])
