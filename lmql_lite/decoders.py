@@ -51,10 +51,14 @@ class Argmax:
             if r.mask is None:
                 out.append(Choice(r.row, None))
                 continue
-            scores = masked(logits[r.row], r.mask)  # (vocab,)
-            token = int(np.argmax(scores))
-            out.append(Choice(r.row, token, log_softmax_at(scores, token), r.mask.count))
+            token, logprob = self.pick(masked(logits[r.row], r.mask))
+            out.append(Choice(r.row, token, logprob, r.mask.count))
         return out
+
+    def pick(self, scores: np.ndarray) -> tuple[int, float]:
+        """The token chosen from one row's masked scores (vocab,), and its log-probability."""
+        token = int(np.argmax(scores))
+        return token, log_softmax_at(scores, token)
 
     def rank(self, results: list) -> list:
         """The results to report, in order."""
@@ -69,15 +73,8 @@ class Sample(Argmax):
         super().__init__(options)
         self.rng = np.random.default_rng(options.seed)  # seeded: a run is reproducible
 
-    def step(self, logits: np.ndarray, rows: Sequence[Row]) -> list[Choice]:
-        out = []
-        for r in rows:
-            if r.mask is None:
-                out.append(Choice(r.row, None))
-                continue
-            token, logprob = pick_sample(masked(logits[r.row], r.mask), self.options, self.rng)
-            out.append(Choice(r.row, token, logprob, r.mask.count))
-        return out
+    def pick(self, scores: np.ndarray) -> tuple[int, float]:
+        return pick_sample(scores, self.options, self.rng)
 
 
 class Beam(Argmax):
