@@ -89,14 +89,15 @@ class GPT(nn.Module):
 
 
 def make_checkpoint(folder: Path, *, bias: bool = True, compiled: bool = False, meta: str | None = "data",
-                    vocab_size: int | None = None, block_size: int = 128, seed: int = 0) -> tuple[Path, GPT]:
+                    vocab_size: int | None = None, block_size: int = 128, seed: int = 0,
+                    chars: list[str] = CHARS) -> tuple[Path, GPT]:
     """Write `folder/out/ckpt.pt` as nanoGPT's train.py writes it (model, optimizer after one step,
     model_args, iter_num, best_val_loss, config) and the char vocabulary's meta.pkl: in
     `folder/data/tiny_char/` (meta="data", where sample.py looks), next to the checkpoint
     (meta="next"), or nowhere (None). → (the checkpoint's path, the reference GPT)."""
     torch.manual_seed(seed)
     args = dict(n_layer=2, n_head=2, n_embd=32, block_size=block_size, bias=bias,
-                vocab_size=vocab_size or len(CHARS), dropout=0.0)
+                vocab_size=vocab_size or len(chars), dropout=0.0)
     gpt = GPT(**args)
     with torch.no_grad():  # weights large enough that every part of the network shows in the logits
         for p in gpt.parameters():
@@ -119,6 +120,6 @@ def make_checkpoint(folder: Path, *, bias: bool = True, compiled: bool = False, 
         where = folder / "data" / "tiny_char" if meta == "data" else out
         where.mkdir(parents=True, exist_ok=True)
         with open(where / "meta.pkl", "wb") as f:
-            pickle.dump({"vocab_size": len(CHARS), "itos": dict(enumerate(CHARS)),
-                         "stoi": {c: i for i, c in enumerate(CHARS)}}, f)
+            pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)),
+                         "stoi": {c: i for i, c in enumerate(chars)}}, f)
     return out / "ckpt.pt", gpt.eval()
