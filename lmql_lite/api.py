@@ -584,8 +584,8 @@ def _defining_scope(fn: Callable | None, frame) -> Callable[[], dict[str, Any]]:
 
 def _query_options(options: dict[str, Any], what: str) -> dict[str, Any]:
     for key in options:
-        if key not in DECODER_KEYWORDS | IGNORED_KEYWORDS | QUERY_KEYWORDS:
-            known = sorted(DECODER_KEYWORDS | QUERY_KEYWORDS)
+        if key not in DECODER_KEYWORDS | IGNORED_KEYWORDS | QUERY_KEYWORDS | MODEL_KEYWORDS:
+            known = sorted(DECODER_KEYWORDS | QUERY_KEYWORDS | MODEL_KEYWORDS)
             hint = difflib.get_close_matches(key, known, 1)
             raise QueryArgumentError(f"{what}: unknown keyword {key}" + (f"; did you mean {hint[0]}?" if hint
                                      else f" (known: {', '.join(known)})"))

@@ -73,6 +73,13 @@ def test_placement_keywords_of_run_run_batch_and_the_cli(tiny_model_dir, tmp_pat
     assert handle.load().dtype == "bfloat16"
     rows = list(lmql_lite.run_batch(query, [{}, {}], model=str(tiny_model_dir), dtype="bfloat16", device="cpu"))
     assert [r.variables["X"] in ("yes", "no") for _, r in rows] == [True, True]
+    @lmql_lite.query(model=str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    def say():
+        '''lmql
+        "Say [X]" where X in ["yes", "no"]
+        return X
+        '''
+    assert say() in ("yes", "no")
     path = tmp_path / "q.lmq"
     path.write_text(query + "\n")
     assert cli.main(["run", str(path), "--model", str(tiny_model_dir), "--device", "cpu", "--dtype", "bfloat16",
