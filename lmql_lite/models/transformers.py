@@ -85,11 +85,19 @@ def placement(device: str = "auto", dtype: str = "auto") -> Placement:
     if dtype == "auto":
         if chosen.type == "cpu":
             dtype = "float32"
-        elif chosen.type == "cuda" and torch.cuda.is_bf16_supported():
+        elif chosen.type == "cuda" and _native_bfloat16():
             dtype = "bfloat16"
         else:
             dtype = "float16"
     return Placement(chosen, getattr(torch, dtype))
+
+
+def _native_bfloat16() -> bool:
+    # Whether the GPU computes in bfloat16 itself (Ampere and later), not by emulation, which is slow.
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3 counts native support only
+        return torch.cuda.is_bf16_supported()
 
 
 class TransformersModel:
