@@ -1,4 +1,4 @@
-"""The `lmql-lite` command: run a query file (streaming, JSON, batches of inputs) or check it without a model.
+"""The `lmql-lite` command: run a query file (streaming, JSON, batches of inputs), check it without a model, or open the playground.
 
 Exit codes: 0 success, 1 other lmql_lite error, 2 syntax error, 3 constraint error, 4 model error,
 5 bad query or command-line argument, 6 error raised by the query's own Python, 7 timeout,
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                 args = _arguments().parse_args(argv)
             except SystemExit as e:  # --help, --version
                 return int(e.code or 0)
-            code = _check(args) if args.command == "check" else _run(args)
+            code = {"check": _check, "playground": _playground}.get(args.command, _run)(args)
             sys.stdout.flush()
             return code
         except LmqlError as e:
@@ -111,7 +111,24 @@ def _arguments() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="parse and statically check queries without loading a model")
     check.add_argument("files", nargs="+")
     check.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    play = sub.add_parser("playground", help="a local web page that runs queries and shows every decoding step")
+    play.add_argument("file", nargs="?", help="a .lmq file to open in the editor")
+    play.add_argument("--port", type=int, default=8765, help="the port (default 8765; 0 picks a free one)")
+    play.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    play.add_argument("--allow-remote", action="store_true",
+                      help="allow a --host other machines can reach (they can run any Python here)")
+    play.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
+    play.add_argument("--debug", action="store_true", help="show Python tracebacks")
     return p
+
+
+def _playground(args) -> int:
+    try:
+        from .playground import server
+    except ImportError as e:
+        raise LmqlError(f"the playground needs its extra: pip install 'lmql_lite[playground]' ({e})") from None
+    return server.serve(args.file, host=args.host, port=args.port, open_browser=not args.no_browser,
+                        allow_remote=args.allow_remote)
 
 
 # ---- the process around a run -----------------------------------------------------------
