@@ -6,14 +6,14 @@ import threading
 from typing import Any, Callable, Iterator
 
 from ..errors import LmqlError
+from ..events import ErrorEvent
 
 _ids = itertools.count(1)
 
 
 def error_event(error: LmqlError) -> dict[str, Any]:
     """A user error as the stream's `error` event."""
-    return {"type": "error", "message": error.message, "file": error.file, "line": error.line,
-            "column": error.column, "kind": type(error).__name__}
+    return ErrorEvent.of(error).to_json()
 
 
 class Run:
@@ -52,8 +52,7 @@ class Run:
             self._add(error_event(e))
             state = "error"
         except Exception as e:  # a bug of ours: say what it was, never a traceback on the page
-            self._add({"type": "error", "message": f"internal error: {type(e).__name__}: {e}", "file": None,
-                       "line": None, "column": None, "kind": "internal"})
+            self._add(ErrorEvent(f"internal error: {type(e).__name__}: {e}", None, None, None, "internal").to_json())
             state = "error"
         if self._stop.is_set() and state == "done":
             state = "stopped"

@@ -20,6 +20,10 @@ from .runs import Run, error_event
 
 STATIC = Path(str(resources.files("lmql_lite.playground") / "static"))
 MAX_SOURCE = 1_000_000  # characters of query text a run may send
+# The parser is one Lark instance whose indenter keeps state: two threads parsing at once corrupt
+# each other's parse ("unexpected dedent"). Every parse here takes this lock; a run parses first,
+# under it, and the stream then finds the compiled query in api's cache.
+PARSING = threading.Lock()
 
 
 @dataclass
@@ -74,6 +78,8 @@ class Playground:
         import lmql_lite
         from .. import api
         source, inputs, decoder, seed, model = _parse_request(request)
+        with PARSING:
+            api.load(source)
         if isinstance(model, str) and model in self.settings.models:
             model = self.settings.models[model]
         elif isinstance(model, str):
@@ -117,7 +123,8 @@ def _inputs(source: str) -> dict[str, Any]:
     """The query's free input variables in the order they appear, or the error that stops it parsing."""
     from .. import api
     try:
-        program = api.load(source)
+        with PARSING:
+            program = api.load(source)
     except LmqlError as e:
         return {"inputs": [], "error": error_event(e)}
     return {"inputs": api.input_order(program), "error": None}

@@ -119,7 +119,7 @@ function showError(e) {
   if (!e) { box.hidden = true; box.innerHTML = ""; return; }
   box.hidden = false;
   const lines = source.value.split("\n");
-  const line = e.line ? lines[e.line - 1] : null;
+  const line = e.source_line ?? (e.line ? lines[e.line - 1] : null);
   const file = e.file && !e.file.startsWith("<") ? e.file : ($("filename").textContent || "query");
   box.innerHTML = `<div class="kind">${escapeHtml(e.kind || "error")}</div>` +
     `<div class="message">${e.line ? `<span class="pos">${escapeHtml(file)}:${e.line}:${e.column ?? 1}</span> ` : ""}` +

@@ -55,7 +55,7 @@ export class RunView {
 
   text(ev) {
     const s = document.createElement("span");
-    s.className = "text";
+    s.className = ev.kind === "role" ? "text role-text" : ev.kind === "value" ? "text value-text" : "text";
     s.textContent = ev.text;
     this.row(ev.row).el.append(s);
   }
