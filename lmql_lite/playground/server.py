@@ -24,6 +24,7 @@ MAX_SOURCE = 1_000_000  # characters of query text a run may send
 # each other's parse ("unexpected dedent"). Every parse here takes this lock; a run parses first,
 # under it, and the stream then finds the compiled query in api's cache.
 PARSING = threading.Lock()
+STREAM_KEYWORDS = frozenset({"model", "decoder", "seed", "top_k"})  # lmql_lite.stream's own keywords
 
 
 @dataclass
@@ -79,12 +80,20 @@ class Playground:
         from .. import api
         source, inputs, decoder, seed, model = _parse_request(request)
         with PARSING:
-            api.load(source)
+            program = api.load(source)
+        reads = set(api.input_order(program)) | set(program.inputs)
+        inputs = {k: v for k, v in inputs.items() if k in reads}  # a field left from an earlier version of the query
+        clash = sorted(set(inputs) & STREAM_KEYWORDS)
+        if clash:
+            raise QueryArgumentError(f"the playground cannot pass an input named {clash[0]} (the name of a run's own "
+                                     f"setting); rename it in the query")
         if isinstance(model, str) and model in self.settings.models:
             model = self.settings.models[model]
         elif isinstance(model, str):
             yield {"type": "status", "message": f"loading model {model}"}
             model = api.model(model).load()  # loaded once per process, kept for the next runs
+        else:
+            yield {"type": "status", "message": "starting (a model loads on its first run)"}
         try:
             events = lmql_lite.stream(source, model=model, decoder=decoder, seed=seed, **inputs)
             for event in events:
@@ -116,7 +125,8 @@ def _parse_request(request: dict[str, Any]) -> tuple[str, dict[str, Any], str | 
     model = request.get("model") or None
     if model is not None and not isinstance(model, str):
         raise QueryArgumentError(f"a model is named by text (a folder, 'random', a hub id), got {model!r}")
-    return source, inputs, decoder, seed, model.strip() if model else None
+    text = source if source.endswith("\n") else source + "\n"  # always query text, never a path to read
+    return text, inputs, decoder, seed, model.strip() if model else None
 
 
 def _inputs(source: str) -> dict[str, Any]:
@@ -230,7 +240,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/runs/{id}/result.json", result),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    app.state.playground = play
+    return app
 
 
 async def _body(request: Request) -> dict[str, Any] | Response:
@@ -287,10 +299,15 @@ def serve(file: str | None, *, host: str = "127.0.0.1", port: int = 8765, open_b
     if remote:
         print(f"warning: listening on {host}: {REMOTE_WARNING}", file=sys.stderr)
     print(f"lmql-lite playground on {url} (Ctrl-C to stop)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(Settings(preload=preload, remote=remote)),
-                                           log_level="warning", lifespan="off"))
+    app = create_app(Settings(preload=preload, remote=remote))
+    # Ctrl-C: open event streams get two seconds, then the server ends, and so does a run in progress.
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
     if open_browser:
         import webbrowser
         threading.Timer(0.5, webbrowser.open, args=(url,)).start()
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for run in app.state.playground.runs.values():
+            run.stop(wait=10)
     return 0

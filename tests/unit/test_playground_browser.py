@@ -12,6 +12,11 @@ from lmql_lite.models.fake import FakeModel
 CHOICE = ('argmax\n    "Review: {review}\\nIs it good?[A]" where A in [" yes", " no"]\n'
           '    "\\nSo:[B]" where B in [" positive"]\n    return A\n')
 
+# The prompt as the page shows it: its text and the tokens kept (a dropped STOPS_BEFORE phrase struck out).
+PROMPT_TEXT = "el => [...el.querySelectorAll('.text, .tok:not(.dropped)')].map(e => e.textContent).join('')"
+# A hole's value as the page shows it: its tokens, less the prompt text a healed token re-spelt.
+VALUE_TEXT = ("el => [...el.querySelectorAll('.tok:not(.dropped)')]"
+              ".map(t => t.textContent.slice(Number(t.dataset.heal || 0))).join('')")
 
 @pytest.fixture
 def page(chromium, playground_server):
@@ -49,19 +54,18 @@ def test_a_choice_query_shows_tokens_mask_and_forced_style(page, playground_serv
     expected = lmql_lite.run(CHOICE, model=FakeModel(), review="Great food.")
 
     # The prompt, span by span, is the result's prompt.
-    assert page.eval_on_selector("#prompt .row", "el => el.textContent") == expected.prompt
-    a_tokens = page.query_selector_all(".hole-value[data-name='A'] .tok")
-    assert "".join(t.text_content() for t in a_tokens) == expected.variables["A"]
+    assert page.eval_on_selector("#prompt .row", PROMPT_TEXT) == expected.prompt
+    assert page.eval_on_selector(".hole-value[data-name='A']", VALUE_TEXT) == expected.variables["A"]
+    assert page.text_content(".hole-value[data-name='A'] .tok.healed") == "?"  # healing re-spelt the prompt's "?"
     # A chosen token is coloured by its probability; the forced " positive" is styled as forced.
     chosen = page.query_selector(".hole-value[data-name='A'] .tok.chosen")
     assert chosen.get_attribute("style").startswith("background")
-    forced = page.query_selector_all(".hole-value[data-name='B'] .tok")
-    assert [t.get_attribute("class") for t in forced] == ["tok forced"]
-    assert forced[0].text_content() == " positive"
+    forced = page.query_selector_all(".hole-value[data-name='B'] .tok.forced")
+    assert [t.text_content() for t in forced] == [" positive"] and not forced[0].get_attribute("style")
 
     # Clicking a chosen token shows its mask size: the choice allows " ", " yes" and " no".
     vocab = len(models["fake"].vocabulary)
-    first = a_tokens[0]
+    first = page.query_selector(".hole-value[data-name='A'] .tok.chosen")
     first.click()
     assert page.text_content("#detail .mask-badge") == f"3 / {vocab}"
     alternatives = page.query_selector_all("#detail .alt")

@@ -177,3 +177,17 @@ def test_the_command_refuses_a_remote_host_with_a_reason(capsys):
     assert cli.main(["playground", "--host", "0.0.0.0", "--no-browser"]) == QueryArgumentError.exit_code
     err = capsys.readouterr().err
     assert "--allow-remote" in err and "is a program" in err and "Traceback" not in err
+
+
+def test_a_body_that_is_not_json_is_a_400(playground_server):
+    base, _ = playground_server
+    r = httpx.post(base + "/api/run", content=b"{not json")
+    assert r.status_code == 400 and "not JSON" in r.json()["error"]
+    assert httpx.get(base + "/api/runs/999999/events").status_code == 404
+
+
+def test_a_field_the_query_no_longer_reads_is_left_out(playground_server):
+    base, _ = playground_server
+    query = '"Say:[X]" where len(TOKENS(X)) < 4\n'
+    got = events(base, start(base, source=query, model="fake", inputs={"country": "France"}))
+    assert got[-1]["type"] == "done" and not any(e["type"] == "error" for e in got)

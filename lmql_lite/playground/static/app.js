@@ -229,7 +229,10 @@ async function start() {
     const ex = examples.find((x) => x.name === picker.value);
     if (ex) load(ex.name, ex.source);
   });
-  if (config.preload) load(config.preload.name, config.preload.source);
+  if (config.preload) {
+    if (examples.some((x) => x.name === config.preload.name && x.source === config.preload.source)) picker.value = config.preload.name;
+    load(config.preload.name, config.preload.source);
+  }
   else if (examples.length) { picker.value = examples[0].name; load(examples[0].name, examples[0].source); }
   document.body.dataset.ready = "1";
 }

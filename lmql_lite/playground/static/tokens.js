@@ -84,6 +84,13 @@ export class RunView {
     panel.addEventListener("mouseleave", () => group.classList.remove("lit"));
   }
 
+  // Remove `heal` from the end of the row's prompt text (token healing took it back).
+  takeBack(r, heal) {
+    const texts = this.row(r).el.querySelectorAll(":scope > .text");
+    const last = texts[texts.length - 1];
+    if (last && last.textContent.endsWith(heal)) last.textContent = last.textContent.slice(0, -heal.length);
+  }
+
   openHole(r, name) {
     const open = this.row(r).open;
     for (let i = open.length - 1; i >= 0; i--) if (open[i].ev.name === name) return open[i];
@@ -94,18 +101,24 @@ export class RunView {
     const rec = this.openHole(ev.row, ev.hole);
     const s = document.createElement("span");
     s.className = `tok ${ev.how}`;
-    s.textContent = ev.text;
+    // A healed token re-spells the prompt's last characters (`heal`): they move from the prompt
+    // text into the token. `shown` is what a token adds to the value; the hole's last token may
+    // add its text only with hole_end.
+    const heal = ev.how === "healed" ? (ev.heal || "") : "";
+    if (heal) this.takeBack(ev.row, heal);
+    s.dataset.heal = heal.length;
+    s.textContent = heal + (ev.shown ?? ev.text.slice(heal.length));
     if (ev.text.includes("\n")) s.classList.add("nl");
     s.dataset.index = this.tokens.length;
     s.dataset.p = ev.p ?? "";
-    if (ev.how === "chosen" && ev.p !== null) s.style.background = colour(ev.p);
+    if (ev.p !== null && ev.p !== undefined) s.style.background = colour(ev.p);  // chosen, or healed by a choice
     s.title = `${ev.how} · p ${pct(ev.p)} · ${ev.allowed} / ${ev.vocab} allowed`;
     this.tokens.push(ev);
     (rec ? rec.group : this.row(ev.row).el).append(s);
     if (rec) {
       rec.count += 1;
       rec.panel.querySelector(".tokens").textContent = rec.count;
-      rec.panel.querySelector(".value").textContent += ev.text;
+      rec.panel.querySelector(".value").textContent += s.textContent.slice(heal.length);
     }
   }
 
@@ -121,13 +134,36 @@ export class RunView {
     p.querySelector(".value").textContent = JSON.stringify(ev.value);
     p.querySelector(".tokens").textContent = ev.tokens;
     p.querySelector(".passes").textContent = ev.passes;
-    const shown = [...rec.group.querySelectorAll(".tok")].map((t) => t.textContent).join("");
-    if (ev.text !== shown) {
-      const note = document.createElement("div");
-      note.className = "kept";
-      note.textContent = `kept in the prompt: ${JSON.stringify(ev.text)}`;
-      p.append(note);
+    this.reconcile(rec.group, ev.text, p);
+  }
+
+  // Make the hole's spans spell its final text: the last token's text arrives with hole_end, a
+  // STOPS_BEFORE phrase is dropped, a decorator may rewrite the value.
+  reconcile(group, text, panel) {
+    const spans = [...group.querySelectorAll(".tok")];
+    const own = (t) => t.textContent.slice(Number(t.dataset.heal || 0));  // the token's part of the value
+    const shown = spans.map(own).join("");
+    if (shown === text) return;
+    if (text.startsWith(shown) && spans.length) {
+      spans[spans.length - 1].textContent += text.slice(shown.length);
+      return;
     }
+    let kept = "";
+    for (const t of spans) {
+      if (!t.classList.contains("dropped") && text.startsWith(kept + own(t))) kept += own(t);
+      else t.classList.add("dropped");
+    }
+    for (const t of group.querySelectorAll(".dropped")) t.title = `not kept in the prompt · ${t.title}`;
+    if (kept !== text) {
+      const rest = document.createElement("span");
+      rest.className = "text value-text";
+      rest.textContent = text.slice(kept.length);
+      group.append(rest);
+    }
+    const note = document.createElement("div");
+    note.className = "kept";
+    note.textContent = `kept in the prompt: ${JSON.stringify(text)}`;
+    panel.append(note);
   }
 
   distribution(ev) {
