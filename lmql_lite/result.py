@@ -40,6 +40,7 @@ class Trace:
     notes: list[str] = field(default_factory=list)
     tokens: list[TokenRecord] | None = None
     ends: list[HoleEnd] = field(default_factory=list)
+    events: list | None = None  # the result's events (events.py), kept by a run with trace or events
 
 
 @dataclass
