@@ -250,7 +250,7 @@ class Branch:
         out.logprob += scores[best]
         self.prompt.healable = False
         self.prompt.tokens += encode(best)  # the value's own tokens, fed with the next pass
-        self.prompt.value(best)
+        self.prompt.value(best, hole.name)
         self.frames[-1].variables[hole.name] = best
         self._resume_value = best
 
@@ -288,5 +288,5 @@ class Branch:
         out = self.outcome
         return Result(prompt=self.prompt.text(), variables=dict(out.variables), value=out.value,
                       distribution=out.distribution, distribution_logprobs=out.distribution_logprobs,
-                      logprobs=dict(out.logprobs), logprob=out.logprob, trace=out.trace)
+                      logprobs=dict(out.logprobs), logprob=out.logprob, trace=out.trace, spans=self.prompt.spans())
 

@@ -238,7 +238,7 @@ class Filling:
         self.prompt.trace.ends.append(HoleEnd(self.hole.name, reason, f"ended: {message}"))
         if reason in CUT:
             self.prompt.trace.notes.append(f"{self.hole.name}: ended at {message}")
-        self.prompt.value(text)
+        self.prompt.value(text, self.hole.name)
         if self.watch is not None:
             w = self.watch
             w.report(events.HoleEnd, name=self.hole.name, value=value, text=text, reason=reason, tokens=w.taken,
