@@ -103,7 +103,10 @@ class Token(Event):
     `allowed`: tokens the mask allowed (1 for forced); `vocab`: the vocabulary's size. `top`:
     the k most likely tokens of the unmasked distribution plus the chosen one (empty when not
     computed). `ms`: milliseconds since the previous token event of this hole, or its start
-    (forward pass, mask and choice).
+    (forward pass, mask and choice). `shown`: the text the token adds to the value as it will
+    stand, for streaming it (whole UTF-8 characters; "" for an end of sequence, for the hole's
+    last token, whose text may be cut by a stop phrase, and for a value a decorator rewrites:
+    the `HoleEnd` text completes it). `heal`: for a healed token, the prompt text it re-spells.
     """
     type: ClassVar[str] = "token"
     row: int
@@ -117,6 +120,8 @@ class Token(Event):
     vocab: int
     top: tuple[Alternative, ...] = ()
     ms: float = 0.0
+    shown: str = ""
+    heal: str = ""
 
 
 @dataclass(frozen=True)
