@@ -1,6 +1,7 @@
 """One playground run: a query decoded in a thread of its own, its events kept for the page, and Stop."""
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 from typing import Any, Callable, Iterator
@@ -9,6 +10,7 @@ from ..errors import LmqlError
 from ..events import ErrorEvent
 
 _ids = itertools.count(1)
+POLL = 0.02  # seconds between looks for new events: well under a forward pass
 
 
 def error_event(error: LmqlError) -> dict[str, Any]:
@@ -78,12 +80,16 @@ class Run:
     def running(self) -> bool:
         return self._thread.is_alive()
 
-    def wait(self, seen: int, timeout: float) -> list[dict[str, Any]]:
-        """The events after the first `seen`, waiting up to `timeout` seconds for one to come."""
-        with self._changed:
-            if len(self.events) <= seen and self.running:
-                self._changed.wait(timeout)
-            return self.events[seen:]
+    async def next_events(self, seen: int, timeout: float) -> list[dict[str, Any]]:
+        """The events after the first `seen`, waiting up to `timeout` seconds for one to come.
+
+        Polled on the event loop rather than waited for in a worker thread: a worker blocked in a
+        wait would hold up the server's shutdown."""
+        waited = 0.0
+        while len(self.events) <= seen and self.running and waited < timeout:
+            await asyncio.sleep(POLL)
+            waited += POLL
+        return self.events[seen:]
 
     def results(self) -> list[dict[str, Any]]:
         return [e["result"] for e in self.events if e.get("type") == "result"]

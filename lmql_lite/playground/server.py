@@ -189,7 +189,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         async def stream():
             nonlocal seen
             while True:
-                new = await anyio.to_thread.run_sync(run.wait, seen, 1.0)
+                new = await run.next_events(seen, 1.0)
                 for event in new:
                     yield f"id: {seen}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
                     seen += 1

@@ -169,7 +169,7 @@ def test_the_command_serves_the_file_and_prints_its_url():
         assert config["remote"] is False
     finally:
         proc.terminate()
-        proc.wait(10)
+        proc.wait(60)  # after a model has run, the process takes several seconds to end
 
 
 def test_the_command_refuses_a_remote_host_with_a_reason(capsys):
