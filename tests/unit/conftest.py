@@ -37,12 +37,12 @@ class SlowFake(FakeModel):
 
 @pytest.fixture
 def playground_server(tmp_path):
-    """The playground on 127.0.0.1 and a free port, in a thread, with models `fake` and `slow`;
+    """The playground on 127.0.0.1 and a free port, in a thread, with models `fake`, `slow` and `a-loving` (likes "a");
     gives (base url, {name: model})."""
     pytest.importorskip("starlette")
     uvicorn = pytest.importorskip("uvicorn")
     from lmql_lite.playground.server import Settings, bind, create_app
-    models = {"fake": FakeModel(), "slow": SlowFake()}
+    models = {"fake": FakeModel(), "slow": SlowFake(), "a-loving": FakeModel(bias={"a": 3.0})}
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(create_app(Settings(models=models)), log_level="warning", lifespan="off",

@@ -88,6 +88,17 @@ def test_a_choice_query_shows_tokens_mask_and_forced_style(page, playground_serv
     page.screenshot(path=str(tmp_path / "playground-choice.png"), full_page=True)
 
 
+def test_a_dropped_stop_phrase_is_struck_out(page):
+    query = '"Go:[X]" where STOPS_BEFORE(X, "a") and len(TOKENS(X)) < 30\n'
+    type_query(page, query)
+    page.fill("#model", "a-loving")
+    run_and_wait(page)
+    expected = lmql_lite.run(query, model=FakeModel(bias={"a": 3.0}))
+    assert page.text_content(".hole-value[data-name='X'] .tok.dropped") == "a"  # the phrase the value stopped before
+    assert page.eval_on_selector("#prompt .row", PROMPT_TEXT) == expected.prompt
+    assert page.eval_on_selector(".hole-value[data-name='X']", VALUE_TEXT) == expected.variables["X"]
+
+
 def test_an_error_shows_with_a_caret_at_its_line(page):
     type_query(page, 'argmax\n    "Hello [A]" where A in ["x"] and A in ["y"]\n')
     page.fill("#model", "fake")

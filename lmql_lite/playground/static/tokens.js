@@ -143,7 +143,16 @@ export class RunView {
     const spans = [...group.querySelectorAll(".tok")];
     const own = (t) => t.textContent.slice(Number(t.dataset.heal || 0));  // the token's part of the value
     const shown = spans.map(own).join("");
-    if (shown === text) return;
+    if (shown === text) {  // a token that added nothing (a STOPS_BEFORE phrase): shown struck out
+      for (const t of spans) {
+        if (t.textContent === "") {
+          t.textContent = this.tokens[Number(t.dataset.index)].text;
+          t.classList.add("dropped");
+          t.title = `not kept in the prompt · ${t.title}`;
+        }
+      }
+      return;
+    }
     if (text.startsWith(shown) && spans.length) {
       spans[spans.length - 1].textContent += text.slice(shown.length);
       return;
