@@ -326,20 +326,21 @@ def run(source_or_path: str, *args: Any, model: Any = None, decoder: str | None 
 
 
 def stream(source_or_path: str, *args: Any, model: Any = None, decoder: str | None = None, seed: int | None = None,
-           top_k: int = 5, **kwargs: Any) -> Iterator[events_.Event]:
+           alternatives: int = 5, **kwargs: Any) -> Iterator[events_.Event]:
     """Run a query and give its events as they happen (events.py, docs/events.md); arguments as for `run`.
 
     The run goes on in a thread, a few events ahead of the consumer; closing the iterator (a
     `break`, `.close()`) stops decoding. A user's error, a syntax error included, ends the stream
-    with an `error` event; the last event is `done`. Each chosen token comes with the `top_k`
-    likeliest tokens before the mask and its own p_raw (0: neither, and no full softmax per token).
+    with an `error` event; the last event is `done`. Each chosen token comes with the
+    `alternatives` likeliest tokens before the mask and its own p_raw (0: neither, and no full
+    softmax per token). (Not `top_k`: that keyword stays the sampling option it is for `run`.)
     """
     def prepare():
         program = load(source_or_path)
         inputs, options = _bind(program, args, kwargs, "stream")
         given = {k: v for k, v in (("model", model), ("decoder", decoder), ("seed", seed)) if v is not None}
         return program, inputs, {**given, **options}, None
-    return _stream(prepare, _top_k(top_k))
+    return _stream(prepare, _alternatives(alternatives))
 
 
 async def astream(source_or_path: str, *args: Any, **kwargs: Any):
@@ -353,17 +354,17 @@ async def astream(source_or_path: str, *args: Any, **kwargs: Any):
         events.close()
 
 
-def _top_k(top_k: Any) -> int:
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise QueryArgumentError(f"stream: top_k must be a whole number of at least 0, got {top_k!r}")
-    return top_k
+def _alternatives(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise QueryArgumentError(f"stream: alternatives must be a whole number of at least 0, got {n!r}")
+    return n
 
 
-def _stream(prepare: Callable[[], tuple], top_k: int) -> Iterator[events_.Event]:
+def _stream(prepare: Callable[[], tuple], alternatives: int) -> Iterator[events_.Event]:
     """The events of the run `prepare()` describes (program, inputs, options, scope), a result event per result."""
     def run(sink):
         program, inputs, options, scope = prepare()
-        results = _run(program, inputs, options, scope=scope, events=sink, detail=top_k)
+        results = _run(program, inputs, options, scope=scope, events=sink, detail=alternatives)
         for row, r in enumerate(results if isinstance(results, list) else [results]):
             sink(events_.ResultEvent(row, r))
     return streaming.events(run)
@@ -547,12 +548,12 @@ class QueryFunction:
             base = {k: v for k, v in base.items() if k not in DECODER_KEYWORDS or k in _SHARED}
         return {**base, **options}
 
-    def stream(self, *args, top_k: int = 5, **kwargs) -> Iterator[events_.Event]:
+    def stream(self, *args, alternatives: int = 5, **kwargs) -> Iterator[events_.Event]:
         """The query's events as it runs (see `lmql_lite.stream`)."""
         def prepare():
             inputs, options = self._arguments(args, kwargs)
             return self.__lmql_program__, inputs, self._options(options), self._scope()
-        return _stream(prepare, _top_k(top_k))
+        return _stream(prepare, _alternatives(alternatives))
 
     def __call__(self, *args, **kwargs):
         if self.is_async:

@@ -44,7 +44,6 @@ class Runner:
         self.on_text = on_text
         self.record_tokens = record_tokens
         self.events = events               # the event sink (events.py); None: no events are made
-        self.watching = events is not None or record_tokens  # results keep their events (trace.events)
         self.detail = detail               # > 0: token events carry p_raw and the top `detail` alternatives
         self.eos_id = min(model.vocabulary.eos_ids) if model.vocabulary.eos_ids else None
         self.eos_ids = np.array(sorted(model.vocabulary.eos_ids), np.int64)
@@ -58,6 +57,11 @@ class Runner:
         if self._batch is None:
             self._batch = self.model.batch(len(self.branches))
         return self._batch
+
+    @property
+    def watching(self) -> bool:
+        """Whether the run makes events (a sink, or `trace=True`): results then keep theirs (trace.events)."""
+        return self.events is not None or self.record_tokens
 
     def emit(self, branch: Branch, text: str, kind: str) -> None:
         if self.on_text is not None:

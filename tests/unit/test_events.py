@@ -259,11 +259,16 @@ def test_query_function_stream_and_async_stream():
     assert timeless(asyncio.run(gather())) == timeless(collect(CHOICE, fake, healing=False))
 
 
-def test_top_k_zero_leaves_out_the_unmasked_distribution():
-    tokens = of(collect(CHOICE, FakeModel(), top_k=0, healing=False), "token")
+def test_no_alternatives_leaves_out_the_unmasked_distribution():
+    tokens = of(collect(CHOICE, FakeModel(), alternatives=0, healing=False), "token")
     assert all(t.p_raw is None and t.top == () for t in tokens if t.how == "chosen")
     with pytest.raises(lmql_lite.QueryArgumentError):
-        lmql_lite.stream(CHOICE, top_k=-1)
+        lmql_lite.stream(CHOICE, alternatives=-1)
+
+
+def test_top_k_is_still_the_sampling_option():
+    out = collect('"[X]" where len(TOKENS(X)) < 4\n', FakeModel(), top_k=1, seed=3, healing=False)
+    assert all(t.p == pytest.approx(1.0) for t in of(out, "token") if t.how == "chosen")
 
 
 def test_a_plain_run_keeps_no_events():
