@@ -24,7 +24,7 @@ MAX_SOURCE = 1_000_000  # characters of query text a run may send
 # each other's parse ("unexpected dedent"). Every parse here takes this lock; a run parses first,
 # under it, and the stream then finds the compiled query in api's cache.
 PARSING = threading.Lock()
-STREAM_KEYWORDS = frozenset({"model", "decoder", "seed", "top_k"})  # lmql_lite.stream's own keywords
+STREAM_KEYWORDS = frozenset({"model", "decoder", "seed", "alternatives"})  # lmql_lite.stream's own keywords
 
 
 @dataclass
