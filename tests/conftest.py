@@ -60,9 +60,13 @@ def tiny_model_dir(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), chat_template=template)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
-    """Debian's chromium driven by Playwright (never `playwright install`); skips when either is missing."""
+    """Debian's chromium driven by Playwright (never `playwright install`); skips when either is missing.
+
+    Per module: Playwright's sync API keeps an event loop running in the main thread while it is
+    open, so tests of other modules that call asyncio.run must not run inside it.
+    """
     import shutil
     sync_api = pytest.importorskip("playwright.sync_api")
     path = shutil.which("chromium") or shutil.which("chromium-browser")
