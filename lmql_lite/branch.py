@@ -65,6 +65,9 @@ class Branch:
                 self._resume()
             elif f.finished():
                 self._finish_hole()
+            elif self.runner.served:
+                f.request(self.row)
+                self.outcome.logprob += f.logprob
             elif f.budget_spent():
                 f.end_early()
             elif not (f.fast_forward() or f.only_choice()):

@@ -22,7 +22,7 @@ from . import decoders
 from .branch import Branch
 from .deadline import Expired
 from .decoders import Choice
-from .errors import QueryArgumentError
+from .errors import ModelError, QueryArgumentError
 from .index import TokenIndex
 from .options import DecoderOptions
 from .result import Result
@@ -44,6 +44,8 @@ class Runner:
         self.eos_id = min(model.vocabulary.eos_ids) if model.vocabulary.eos_ids else None
         self.eos_ids = np.array(sorted(model.vocabulary.eos_ids), np.int64)
         self.after_text = _after_text(model.vocabulary)
+        # A model on a server (models/remote.py) fills each hole with one request, not token by token.
+        self.served = callable(getattr(model, "fill", None))
         self._batch = None
         self.branches: list[Branch] = []
 
@@ -61,6 +63,9 @@ class Runner:
     def run(self, starts: list[tuple[Callable[[], Iterator], Any]]) -> list[Result]:
         if not self.options.decoder.batches_inputs and len(starts) != 1:
             raise QueryArgumentError(f"{self.options.name} decoding runs one input at a time")
+        if self.served and self.options.name == "beam":
+            raise ModelError(f"beam decoding needs every row's logits under our masks, which {self.model.name} "
+                             "(a model on a server) does not give; use argmax or sample")
         self._batch = None
         self.branches = [Branch(self, start, program, row) for row, (start, program) in enumerate(starts)]
         try:
@@ -154,6 +159,8 @@ class Runner:
 
     def score(self, branch: Branch, candidates: list[list[int]]) -> list[float]:
         """Total log-probability of each candidate continuing `branch`'s prompt (`distribution`), SCORE_CHUNK at a time."""
+        if self.served:
+            return self.model.score(branch.prompt.tokens, candidates)
         self._forward([branch], masked=False)  # the row holds its whole prompt, and its logits
         totals = []
         for at in range(0, len(candidates), self.SCORE_CHUNK):
