@@ -225,7 +225,10 @@ class RemoteModel:
         return totals
 
     def _prompt(self, tokens: list[int]) -> list[int] | str:
-        return tokens if self.dialect.token_prompt else self.decode(tokens)
+        if self.dialect.token_prompt:
+            return tokens
+        bos = len(self.bos_ids)
+        return self.decode(tokens[bos:] if tokens[:bos] == self.bos_ids else tokens)  # the server adds its BOS
 
     def _completion(self, body: dict) -> dict:
         reply = self.client.post("/completions", {"model": self.served, **body})
