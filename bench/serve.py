@@ -7,8 +7,8 @@ GGUF at 127.0.0.1 and stops it at the end; with --url it uses that server (vLLM 
 bench/gpu/vllm_check.sh) and --local none skips the in-process side. Each repetition runs every
 query once on each side, paired; a side's figure is the median over repetitions of value tokens
 per second (tokens of the holes' values over the query's wall time). "raw server" is the same
-prompts as plain completions of the same length (no lmql_lite, no constraint): what the server
-itself gives.
+prompt as a plain completion of as many tokens (no lmql_lite, no constraint; its own count of
+tokens generated): what the server itself gives.
 """
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ QUERIES = {
               'where S in ["positive", "negative", "neutral"]\n',
     "regex_date": 'argmax\n    "The date of the moon landing: [D]" where REGEX(D, r"[0-9]{4}-[0-9]{2}-[0-9]{2}")\n',
     "json": 'argmax\n    "A person as JSON: [P]" where JSON(P, {"type": "object", "properties": {"name": '
-            '{"type": "string", "maxLength": 16}, "age": {"type": "integer"}}, "required": ["name", "age"], '
+            '{"type": "string", "maxLength": 16}, "age": {"type": "integer", "minimum": 0, "maximum": 150}},'
+            ' "required": ["name", "age"], '
             '"additionalProperties": False})\n',
 }
 
@@ -59,23 +60,23 @@ def start_server(threads: int) -> tuple[subprocess.Popen, str]:
     raise SystemExit("llama_cpp.server did not start")
 
 
-def value_tokens(result, model) -> int:
-    return sum(len(model.encode(str(result.variables[e.variable]))) for e in result.trace.ends)
-
-
-def timed_run(query: str, model) -> tuple[float, int]:
+def timed_run(query: str, handle) -> tuple[float, int, str]:
+    """(seconds, tokens of the values, the prompt before the one hole) of one run."""
     import lmql_lite
-    seconds, result = common.timed(lambda: lmql_lite.run(query, model=model))
-    return seconds, value_tokens(result, model.load() if hasattr(model, "load") else model)
+    seconds, result = common.timed(lambda: lmql_lite.run(query, model=handle))
+    model = handle.load()
+    values = [str(result.variables[e.variable]) for e in result.trace.ends]
+    tokens = sum(len(model.encode(v)) for v in values)
+    text = result.prompt
+    return seconds, tokens, text[: text.rindex(values[-1])] if values and values[-1] else text
 
 
-def raw_server(served, query: str, tokens: int) -> float:
-    """Seconds for a plain completion of `tokens` tokens of the query's prompt text (argmax, no grammar)."""
-    prompt = query.split('"')[1].encode().decode("unicode_escape").split("[")[0]
-    body = {"prompt": served._prompt(served.encode(prompt)), "max_tokens": max(tokens, 1), "temperature": 0.0,
-            **served.dialect.plain}
-    seconds, _ = common.timed(lambda: served._completion(body))
-    return seconds
+def raw_server(served, prefix: str, tokens: int) -> float:
+    """Tokens per second of a plain completion of `prefix` (argmax, no grammar, no lmql_lite) of that many tokens."""
+    body = {"model": served.served, "prompt": served._prompt(list(served.bos_ids) + served.encode(prefix)),
+            "max_tokens": max(tokens, 1), "temperature": 0.0, **served.dialect.plain}
+    seconds, reply = common.timed(lambda: served.client.post("/completions", body))
+    return reply["usage"]["completion_tokens"] / seconds
 
 
 def main() -> int:
@@ -107,11 +108,11 @@ def main() -> int:
             sides: dict[str, list[float]] = {"served": [], "local": [], "raw": []}
             tokens = 0
             for _ in range(args.reps):
-                seconds, tokens = timed_run(QUERIES[name], served_handle)
+                seconds, tokens, prefix = timed_run(QUERIES[name], served_handle)
                 sides["served"].append(tokens / seconds)
-                sides["raw"].append(tokens / raw_server(served, QUERIES[name], tokens))
+                sides["raw"].append(raw_server(served, prefix, tokens))
                 if local is not None:
-                    seconds, local_tokens = timed_run(QUERIES[name], local)
+                    seconds, local_tokens, _ = timed_run(QUERIES[name], local)
                     sides["local"].append(local_tokens / seconds)
             row = {"query": name, "tokens": tokens, **{f"{k}_tok_s": common.median(v) for k, v in sides.items() if v}}
             if local is not None:

@@ -162,9 +162,9 @@ def value_text(a: HoleAutomaton, text: str) -> str:
 
 
 def _edges(table: np.ndarray, s: int, memo: dict) -> list[tuple[int, int, int]]:
-    """(first code point, last code point, next state) of every character `s` may read, in code point order."""
+    """(first code point, last code point, next state) of every character but NUL `s` may read, in code point order."""
     out: list[tuple[int, int, int]] = []
-    for b in range(0x80):
+    for b in range(1, 0x80):  # never NUL: llama.cpp's grammar reads it as the end of a token's text
         if table[s, b] >= 0:
             _push(out, b, b, int(table[s, b]))
     for first, last, bits, n in _LEADS:

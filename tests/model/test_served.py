@@ -118,7 +118,7 @@ def test_stops_at_keeps_the_phrase_and_stops_before_drops_it(served):
     a, b = r.variables["A"], r.variables["B"]
     ends = {e.variable: e.reason for e in r.trace.ends}
     assert (ends["A"] == "stop" and a.endswith("\n") and a.count("\n") == 1) or \
-        (ends["A"] == "budget" and "\n" not in a)
+        (ends["A"] in ("budget", "end") and "\n" not in a)
     assert "\n" not in b
     assert r.prompt.endswith("-" + b)
 
@@ -131,7 +131,7 @@ def test_a_token_budget_holds(served):
 def test_json_with_a_schema_holds(served):
     jsonschema = pytest.importorskip("jsonschema")
     schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
-                                               "age": {"type": "integer"}},
+                                               "age": {"type": "integer", "minimum": 0, "maximum": 150}},
               "required": ["name", "age"], "additionalProperties": False}
     r = lmql.run('argmax\n    "A person as JSON: [P]" where JSON(P, schema)\n', model=served, schema=schema)
     value = r.variables["P"]
@@ -156,9 +156,9 @@ def test_sampling_is_reproducible_with_a_seed_and_constrained(served):
 
 
 def test_a_python_predicate_is_checked_on_the_client(served):
-    r = run('argmax\n    "A fruit: [F]" where STOPS_BEFORE(F, "\\n") and len(TOKENS(F)) < 8 and len(F) < 200\n',
-            served)
-    assert len(r.variables["F"]) < 200
+    r = run('def short(x):\n    return len(x) < 500\nargmax\n'
+            '    "A fruit: [F]" where STOPS_BEFORE(F, "\\n") and len(TOKENS(F)) < 8 and short(F)\n', served)
+    assert len(r.variables["F"]) < 500 and "\n" not in r.variables["F"]
     with pytest.raises(ConstraintError, match="does not satisfy") as e:
         run('def never(x):\n    return False\nargmax\n    "A fruit: [F]" where len(TOKENS(F)) < 4 and never(F)\n',
             served)
@@ -174,7 +174,7 @@ def test_a_constraint_the_server_cannot_enforce_is_refused_at_its_hole(served, w
         pytest.skip("this server takes llguidance Lark")
     with pytest.raises(ConstraintError, match=names) as e:
         run(f'argmax\n    "Say: [X]" where {where}\n', served)
-    assert server_name(served) in e.value.message and (e.value.line, e.value.column) == (2, 5)
+    assert server_name(served) in e.value.message and e.value.line == 2 and e.value.column == 11
 
 
 def test_beam_is_refused(served):
