@@ -154,16 +154,20 @@ class Filling:
 
     # ---- a model on a server -----------------------------------------------------------
 
-    def request(self, row: int) -> None:
-        """A served model fills the hole in one request; its text goes through the guide token by token, as a value decoded here would."""
+    def ask(self, row: int):
+        """The served model's text for the hole, from one request (changes nothing here: requests of several rows run at once)."""
         model, options = self.runner.model, self.runner.options
         room = options.max_len - len(self.prompt.tokens)
         if options.max_tokens is not None:
             room = min(room, options.max_tokens)
         try:
-            filled = model.fill(self.prompt.tokens, self.guide, options, row, room)
+            return model.fill(self.prompt.tokens, self.guide, options, row, room)
         except LmqlError as e:
             raise self.locate(e)
+
+    def accept(self, filled) -> None:
+        """The server's text taken through the guide token by token, as a value decoded here would be; ConstraintError if it fails."""
+        model = self.runner.model
         server = f"{model.dialect.name} ({model.name})"
         try:
             for tok in model.encode(filled.text):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -70,6 +71,9 @@ class Runner:
         self.branches = [Branch(self, start, program, row) for row, (start, program) in enumerate(starts)]
         try:
             while active := self._settle():
+                if self.served:
+                    self._ask(active)                                # one request per row's hole, all at once
+                    continue
                 logits = self._forward(active)                       # (rows, vocab) float32
                 t0 = time.perf_counter()
                 rows = [b.decode_row() for b in self.branches]       # each row's mask (None: complete)
@@ -89,6 +93,18 @@ class Runner:
         for b in self.branches:
             b.settle()
         return [b for b in self.branches if b.needs_logits()]
+
+    def _ask(self, active: list[Branch]) -> None:
+        """A served model fills each active row's hole: the requests go at once (a server batches them), the texts are taken in row order."""
+        if len(active) == 1:
+            replies = [active[0].filling.ask(active[0].row)]
+        else:
+            with ThreadPoolExecutor(max_workers=min(len(active), self.SERVED_REQUESTS)) as pool:
+                replies = list(pool.map(lambda b: b.filling.ask(b.row), active))
+        for b, filled in zip(active, replies):
+            b.accept(filled)
+
+    SERVED_REQUESTS = 16  # requests in flight at once to a server
 
     def _forward(self, active: list[Branch], masked: bool = True) -> np.ndarray:
         """One forward pass: each active branch feeds the tokens it queued.  → (rows, vocab)
