@@ -176,6 +176,8 @@ class Filling:
                 self.take(tok, 0.0, "served", 0)
             if not self.guide.is_finished():
                 self.take(min(model.vocabulary.eos_ids), 0.0, "served", 0)
+                if filled.closing:  # the trace says the model wrote a character that cannot continue the value
+                    self.wish = (model.encode(filled.closing) or [None])[0]
         except ConstraintError as e:
             why = "it ran out of tokens" if filled.finish == "length" else "it does not satisfy the constraint"
             raise self.locate(ConstraintError(f"{server} returned {filled.text!r} for {self.hole.name}, and {why} "

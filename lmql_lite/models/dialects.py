@@ -146,19 +146,19 @@ def gbnf(a: HoleAutomaton) -> str:
     return "\n".join(rules) + "\n"
 
 
-def value_text(a: HoleAutomaton, text: str) -> str:
-    """`text` without the one character that ended it when the value could have gone on (see `gbnf`)."""
+def value_text(a: HoleAutomaton, text: str) -> tuple[str, str]:
+    """(`text` without the one character that ended it where the value could have gone on (see `gbnf`), that character or "")."""
     data, s = text.encode(), 0
     for i, b in enumerate(data):
         t = int(a.table[s, b])
         if t < 0:
             if i == len(data) - 1 and a.accepting[s] and b < 0x80:
-                return data[:i].decode()
-            return text  # not the grammar's text: the guide will say so
+                return data[:i].decode(), chr(b)
+            return text, ""  # not the grammar's text: the guide will say so
         if a.stop[t] >= 0:
-            return text
+            return text, ""
         s = t
-    return text
+    return text, ""
 
 
 def _edges(table: np.ndarray, s: int, memo: dict) -> list[tuple[int, int, int]]:

@@ -136,6 +136,7 @@ class Filled:
     logprob: float      # the server's log-probability of the tokens it generated
     finish: str         # the server's finish_reason: "stop" or "length"
     how: str            # what the server enforced: grammar, lark, stop or none
+    closing: str = ""   # the character after the value that the grammar let end it (cut), or ""
 
 
 class RemoteModel:
@@ -192,11 +193,12 @@ class RemoteModel:
         body = {"prompt": self._prompt(tokens), "max_tokens": request.max_tokens, "logprobs": 1,
                 **_sampling(options, row, self.dialect), **request.fields}
         choice = self._completion(body)
-        text = choice.get("text") or ""
+        text, closing = choice.get("text") or "", ""
         if request.how == "grammar":
-            text = dialects.value_text(guide.plan.automaton, text)
+            text, closing = dialects.value_text(guide.plan.automaton, text)
         lps = (choice.get("logprobs") or {}).get("token_logprobs") or []
-        return Filled(text, float(sum(x for x in lps if x is not None)), str(choice.get("finish_reason")), request.how)
+        return Filled(text, float(sum(x for x in lps if x is not None)), str(choice.get("finish_reason")), request.how,
+                      closing)
 
     def score(self, tokens: list[int], continuations: list[list[int]]) -> list[float]:
         """Total log-probability of each continuation after `tokens` (`distribution`).
