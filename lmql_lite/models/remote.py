@@ -253,5 +253,5 @@ def _sampling(options: Any, row: int, dialect: dialects.Dialect) -> dict:
     if options.top_p is not None:
         fields["top_p"] = options.top_p
     if options.seed is not None:
-        fields["seed"] = options.seed + row
+        fields["seed"] = (options.seed + row) % 2 ** 32  # servers keep 32-bit seeds
     return fields
