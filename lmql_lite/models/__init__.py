@@ -6,8 +6,9 @@ default — goes to DEFAULT_ENGINE. Engines are imported only when a model is lo
 `check_name` has refused names that cannot work (a missing path, a garbage `.gguf`), so such a
 mistake costs no slow import.
 LMQL's spellings are understood too: `local:NAME` (a local model), `random` (random logits over
-a real vocabulary, `seed=`), and remote models (`openai/…`, `chatgpt`), which are a clear
-ModelError until a serving-engine backend exists.
+a real vocabulary, `seed=`), and remote API models (`openai/…`, `chatgpt`), which are a clear
+ModelError. A model on an OpenAI-compatible server (vLLM, SGLang, llama.cpp's server) is named
+by its URL, `http://host:port/v1` or `URL#MODEL` (remote.py).
 Where a model runs: `device=` (auto, cpu, cuda, cuda:N, mps; LMQL's `cuda=True` and a one-device
 `device_map=` too) and `dtype=` (auto, float32, float16, bfloat16; LMQL's `torch_dtype=`), else the
 LMQL_LITE_DEVICE and LMQL_LITE_DTYPE environment variables; checked here, torch-free, and
@@ -53,6 +54,10 @@ def load_model(name: str | None = None, **options: Any):
     are LMQL's `lmql.model(name, ...)` keywords."""
     if name is not None and not isinstance(name, str):
         raise ModelError(f"a model is named by a string, got {type(name).__name__}")
+    if name is not None and name.startswith(("http://", "https://")):
+        from .remote import OPTIONS, load_model as load_served
+        _check_options(name, options, OPTIONS)
+        return load_served(name, **options)
     remote = _remote(name)
     if remote:
         raise ModelError(remote)
@@ -136,10 +141,11 @@ def _remote(name: str | None) -> str | None:
         full = full[len("local:"):]
     for prefix, what in REMOTE:
         if full.startswith(prefix):
-            return (f"model {name!r} is {what}: remote and llama.cpp models are not supported yet "
-                    f"(a serving-engine backend for OpenAI-compatible servers such as vLLM, SGLang "
-                    f"and llama.cpp's server is planned). Use a local model: a folder, a hub id in "
-                    f"your cache, 'local:NAME', 'random', or no model for the embedded default")
+            return (f"model {name!r} is {what}: not supported yet (hosted APIs enforce no constraint on "
+                    f"a prompt given as tokens). Serve an open model on a serving-engine (vLLM, SGLang, "
+                    f"llama.cpp's server) and name it by its URL, http://host:port/v1, or use a local "
+                    f"model: a folder, a hub id in your cache, 'local:NAME', 'random', or no model for "
+                    f"the embedded default")
     return None
 
 
