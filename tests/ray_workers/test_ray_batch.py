@@ -101,31 +101,42 @@ def test_a_dead_workers_rows_run_once_more_then_are_error_rows(cluster, tmp_path
         list(api.run_batch(CRASHING, rows[12:13], model="random", ray=True, workers=1))
 
 
-def test_resume_after_killing_the_driver_mid_run_loses_and_duplicates_nothing(cluster, tmp_path):
+def stop_driver_after(argv, out, lines, sig):
+    """Run the command in a process of its own; once `out` holds `lines` rows, send it `sig`. Its exit code."""
+    driver = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and driver.poll() is None:
+            if out.exists() and len(out.read_text().splitlines()) >= lines:
+                break
+            time.sleep(0.05)
+        assert driver.poll() is None, driver.stderr.read().decode()
+        os.kill(driver.pid, sig)
+        return driver.wait(60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+
+
+def test_ctrl_c_then_a_kill_then_resume_lose_and_duplicate_nothing(cluster, tmp_path):
     query = tmp_path / "crash.lmq"
     query.write_text(CRASHING)
     rows = write_rows(tmp_path / "rows.jsonl", crashing_rows(tmp_path, 32, {20: "always"}, pause=0.15))
     out = tmp_path / "out.jsonl"
-    address = ray.get_runtime_context().gcs_address
+    address = ray.get_runtime_context().gcs_address  # the drivers join this test's cluster
     argv = [sys.executable, "-m", "lmql_lite", "run", str(query), "--inputs", str(rows), "--output", str(out),
             "--model", "random", "--batch-size", "2", "--ray", address, "--workers", "2"]
-    driver = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and driver.poll() is None:
-            if out.exists() and len(out.read_text().splitlines()) >= 6:
-                break
-            time.sleep(0.05)
-        assert driver.poll() is None, driver.stderr.read().decode()
-        os.kill(driver.pid, signal.SIGKILL)
-    finally:
-        driver.wait(30)
-    written = by_index(out)  # no row twice, and each line whole
-    assert 6 <= len(written) < 32
+    assert stop_driver_after(argv, out, 4, signal.SIGINT) == cli.INTERRUPTED  # Ctrl-C: finished rows written
+    first = by_index(out)  # no row twice, and each line whole
+    assert 4 <= len(first) < 32
+    assert stop_driver_after(argv + ["--resume"], out, len(first) + 4, signal.SIGKILL) == -signal.SIGKILL
+    second = by_index(out)
+    assert len(first) + 4 <= len(second) < 32 and {i: second[i] for i in first} == first
     assert run(query, rows, out, "--batch-size", "2", "--ray", "--workers", "2", "--resume") == cli.ROWS_FAILED
     after = by_index(out)
     assert sorted(after) == list(range(32))
-    assert {i: after[i] for i in written} == written  # what was written before stays as it was
+    assert {i: after[i] for i in second} == second  # what was written before stays as it was
     assert after[20]["error"]["type"] == "WorkerError"
     plain = tmp_path / "plain.jsonl"
     no_crash = write_rows(tmp_path / "plain-rows.jsonl", [dict(r, pause=0.0) for r in crashing_rows(tmp_path, 32, {})])
