@@ -6,9 +6,10 @@ command's resumable --output writer) stays the only writer. What travels to a wo
 query's source text and filename (the worker compiles it, once) and the model's name and options
 (the worker loads it, once); never a loaded model.
 
-A worker that dies (its process exits, is killed, runs out of memory) loses only the rows it was
-running or had queued: each of them runs once more, alone, on a fresh worker, and a row whose
-worker dies again is given a `WorkerError` in place of its result.
+A worker that dies (its process exits, is killed, runs out of memory) is replaced by a fresh one
+and loses only the chunk it was running: each of its rows runs once more, alone, and a row whose
+worker dies again is given a `WorkerError` in place of its result. Chunks that were only waiting
+for the dead worker go back to the queue unchanged.
 """
 from __future__ import annotations
 
@@ -90,13 +91,22 @@ class _Pool:
     workers: list[Any]
     todo: collections.deque = field(default_factory=collections.deque)
     flight: dict[Any, tuple[Any, _Chunk]] = field(default_factory=dict)
+    deaths: int = 0                              # workers that died since a chunk last finished
 
     def load(self, worker) -> int:
         return sum(1 for w, _ in self.flight.values() if w is worker)
 
-    def replace(self, dead) -> None:
-        """A fresh worker in place of `dead` (once, however many of its chunks report its death)."""
+    def replace(self, dead, error: BaseException) -> None:
+        """A fresh worker in place of `dead` (once, however many of its chunks report its death).
+
+        Workers that keep dying with no chunk finished in between (one that cannot start: lmql_lite
+        missing on a node, no memory for the model) end the run instead of being replaced forever.
+        """
         if dead in self.workers:
+            self.deaths += 1
+            if self.deaths > max(3, 2 * len(self.workers)):
+                raise WorkerError(f"{self.deaths} Ray workers died in a row without finishing a row "
+                                  f"({type(error).__name__}: {_first_line(error)})")
             self.workers[self.workers.index(dead)] = self.make()
             with contextlib.suppress(Exception):
                 self.ray.kill(dead)
@@ -113,6 +123,8 @@ def run_batch(source: str, filename: str, rows: list[dict[str, Any]], *, batch_s
               workers: int | None) -> Iterator[tuple[int, Any]]:
     """(row index, outcome) for every row, in the order they finish; see `api.run_batch`."""
     ray = import_ray()
+    if not rows:
+        return
     with limit or contextlib.nullcontext():
         cluster = _Cluster(ray, address)
     pool = None
@@ -162,6 +174,7 @@ def _outcomes(pool: _Pool, ref) -> list[tuple[int, Any]]:
     _, chunk = pool.flight.pop(ref)
     if status == "raised":
         raise value
+    pool.deaths = 0
     return list(zip(chunk.indices, value))
 
 
@@ -170,9 +183,9 @@ def _worker_died(pool: _Pool, worker, return_errors: bool) -> list[tuple[int, An
     to it was running (an actor runs its calls in order) and the others were only waiting.
 
     The waiting ones go back to the queue as they were. The running one's rows go back one by one,
-    marked as retried; a retried row that was running when its worker died gets a WorkerError.
+    marked as retried (the next free worker takes them); a retried row that was running when its
+    worker died gets a WorkerError.
     """
-    pool.replace(worker)
     finished, lost = [], []
     for ref in [r for r, (w, _) in pool.flight.items() if w is worker]:  # in the order they were handed out
         try:
@@ -181,6 +194,7 @@ def _worker_died(pool: _Pool, worker, return_errors: bool) -> list[tuple[int, An
             lost.append((pool.flight.pop(ref)[1], e))
     if not lost:
         return finished
+    pool.replace(worker, lost[0][1])
     (running, error), waiting = lost[0], [chunk for chunk, _ in lost[1:]]
     if running.retry:
         failure = WorkerError(f"the Ray worker running this row died, and died again when the row was run alone "
