@@ -60,7 +60,9 @@ def main() -> int:
     query = QUERY.replace("{tokens}", str(args.tokens))
     inputs = [{"animal": ANIMALS[i % len(ANIMALS)]} for i in range(args.inputs)]
     cpus = len(os.sched_getaffinity(0))
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    from lmql_lite.ray_batch import _worker_niceness
+    with _worker_niceness():  # as the local cluster of `--ray` is started: workers at the driver's priority
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     try:
         lmql_lite.model().load()
         list(lmql_lite.run_batch(query, inputs[:args.batch_size], batch_size=args.batch_size))  # warm-up

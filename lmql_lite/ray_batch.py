@@ -230,6 +230,21 @@ def _shape(ray, workers: int | None) -> tuple[int, int]:
     return workers, threads
 
 
+@contextlib.contextmanager
+def _worker_niceness():
+    """Ray starts its workers at niceness 15, below everything else on the machine; on a cluster of
+    its own that changes nothing, but a local cluster shares this machine with the user's other
+    work, and the rows are the work the user asked for: run them at the driver's priority, as
+    the plain run does. (RAY_worker_niceness is Ray's setting; one set by the user is kept.)"""
+    saved = os.environ.get("RAY_worker_niceness")
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_worker_niceness", None)
+
+
 def _raylet_messages_to_logging() -> None:
     """Ray's driver prints the raylet's error messages ("A worker died or was killed ...") on stdout,
     where the rows of a run without --output go. Send them to the `ray` logger instead (a warning:
@@ -271,7 +286,8 @@ class _Cluster:
         try:
             if given is None:
                 cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-                ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
+                with _worker_niceness():
+                    ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
                 self.where = f"a local cluster of {cpus} CPUs"
             else:
                 ray.init(address=given, **quiet)
