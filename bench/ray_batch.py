@@ -71,8 +71,10 @@ def main() -> int:
             order = CONFIGS if rep % 2 == 0 else tuple(reversed(CONFIGS))
             for name, workers in order:
                 runs[name].append(timed_run(query, inputs, args.batch_size, workers))
-                print(f"[ray_batch.py] rep {rep + 1} {name}: {runs[name][-1]['rows_s']:.2f} rows/s",
-                      file=sys.stderr, flush=True)
+                r = runs[name][-1]
+                after = f"{r['rows_s_after_first']:.2f}" if r["rows_s_after_first"] is not None else "-"
+                print(f"[ray_batch.py] rep {rep + 1} {name}: {r['seconds']:.1f} s, {r['rows_s']:.2f} rows/s, "
+                      f"{after} rows/s after the first row", file=sys.stderr, flush=True)
     finally:
         ray.shutdown()
     plain_values = runs["plain"][0]["values"]
