@@ -15,7 +15,9 @@ ray = pytest.importorskip("ray")  # the `ray` extra: .ci/run installs it
 def cluster():
     """A 2-CPU local cluster, stopped after the module's last test (not left idling through the rest of the suite)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the workers read it too (they inherit the environment)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    from lmql_lite.ray_batch import _worker_niceness
+    with _worker_niceness():  # as `--ray` starts a local cluster: workers not niced below the machine's other work
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     try:
         yield ray
     finally:
