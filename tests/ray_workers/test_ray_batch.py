@@ -96,6 +96,7 @@ def test_a_dead_workers_rows_run_once_more_then_are_error_rows(cluster, tmp_path
     assert isinstance(outcomes[12], WorkerError) and "died again" in str(outcomes[12])
     assert os.path.exists(rows[3]["marker"])  # row 3 did end a worker, and its retry succeeded
     for i in set(range(20)) - {12}:
+        assert not isinstance(outcomes[i], Exception), (i, str(outcomes[i]))
         assert outcomes[i].variables == plain[i].variables, i
     with pytest.raises(WorkerError):  # without return_errors the run ends at that row, as a failing row ends it
         list(api.run_batch(CRASHING, rows[12:13], model="random", ray=True, workers=1))
