@@ -436,8 +436,9 @@ def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: An
 
 def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_size: int = 8, model: Any = None,
               seed: int | None = None, filename: str | None = None, timeout: float | None = None,
-              return_errors: bool = False, device: Any = None,
-              dtype: Any = None) -> Iterator[tuple[int, _Result | list[_Result] | LmqlError]]:
+              return_errors: bool = False, device: Any = None, dtype: Any = None,
+              ray: bool | str | None = None,
+              workers: int | None = None) -> Iterator[tuple[int, _Result | list[_Result] | LmqlError]]:
     """Run one query over many inputs, `batch_size` at a time in batched forward passes.
 
     Yields (input index, result) as each batch finishes, so a caller can save results as they come.
@@ -445,18 +446,48 @@ def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_si
     its LmqlError in place of a result and the other rows go on; a ModelError still ends the run.
     `timeout` (seconds) bounds the whole run; only the time spent inside the generator counts.
     `device=` and `dtype=` say where the model runs (see `lmql_lite.model`).
+
+    `ray=True` (a local cluster, or RAY_ADDRESS's), `"auto"` or a cluster address runs the batches
+    on `workers` Ray actors (default: one per node), each with its own copy of the model; results
+    then come in the order they finish. A row whose worker dies is run once more on a fresh
+    worker, then given a WorkerError (see docs/engines.md).
     """
     program = load(source_or_path, filename)
     rows = list(inputs)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise QueryArgumentError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
     limit = Deadline(timeout, label="timeout") if timeout is not None else None
+    if ray is not None and ray is not False:
+        if device is not None or dtype is not None:
+            raise QueryArgumentError("with ray, say where the workers' model runs in the model itself "
+                                     "(lmql_lite.model(NAME, device=..., dtype=...)) or with LMQL_LITE_DEVICE / "
+                                     "LMQL_LITE_DTYPE: device= and dtype= are not passed to the workers")
+        yield from _run_on_ray(program, rows, batch_size, model, seed, limit, return_errors, ray, workers)
+        return
+    if workers is not None:
+        raise QueryArgumentError("workers= is the number of Ray workers: it needs ray=")
     models: dict[str, Any] = {"placement": {"device": device, "dtype": dtype}}  # and the model, resolved once
     for start in range(0, len(rows), batch_size):
         with limit or contextlib.nullcontext():
             outcomes = _run_chunk(program, rows[start:start + batch_size], model, seed, models, return_errors)
         for i, outcome in enumerate(outcomes):
             yield start + i, outcome
+
+
+def _run_on_ray(program, rows, batch_size, model, seed, limit, return_errors, address, workers):
+    """`run_batch` on Ray actors: the query travels as its text, the model as its name and options."""
+    from . import ray_batch
+    if model is not None and not isinstance(model, (str, LLM)):
+        raise QueryArgumentError("with ray, name the model (a string or lmql_lite.model(...)): a loaded model "
+                                 "cannot travel to the workers, which load their own copy")
+    default = _default_model[0]
+    if default is not None and not isinstance(default, (str, LLM)):
+        raise QueryArgumentError("with ray, set_default_model needs a model name or lmql_lite.model(...): "
+                                 "a loaded model cannot travel to the workers")
+    default = default if default is not None else os.environ.get("LMQL_LITE_MODEL") or None
+    return ray_batch.run_batch(program.query.source, program.filename, rows, batch_size=batch_size, model=model,
+                               default_model=default, seed=seed, limit=limit, return_errors=return_errors,
+                               address=address, workers=workers)
 
 
 def _run_chunk(program, chunk: list[dict[str, Any]], model, seed, models, return_errors: bool) -> list:

@@ -114,6 +114,11 @@ def _arguments() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="with --output: keep the rows the file holds, run the others")
     run.add_argument("--retry-errors", action="store_true", help="with --resume: run the rows that failed again")
     run.add_argument("--overwrite", action="store_true", help="with --output: replace what the file holds")
+    run.add_argument("--ray", nargs="?", const=True, metavar="ADDRESS",
+                     help="with --inputs: run the rows on Ray workers, on a local cluster started for the run, or "
+                          "on the cluster at ADDRESS ('auto', 'ray://host:10001'); needs pip install 'lmql_lite[ray]'")
+    run.add_argument("--workers", type=int, help="with --ray: the number of workers, each with its own copy of the "
+                                                 "model (default: one per node)")
     run.add_argument("--debug", action="store_true", help="show Python tracebacks and the libraries' log messages")
     check = sub.add_parser("check", help="parse and statically check queries without loading a model")
     check.add_argument("files", nargs="+")
@@ -151,7 +156,7 @@ def _quiet_libraries(debug: bool):
     saved_env = {k: os.environ.get(k) for k in names}
     for k, v in names.items():
         os.environ.setdefault(k, v)  # read by the libraries when they are first imported
-    loggers = [logging.getLogger(n) for n in ("huggingface_hub", "transformers", "torch", "urllib3", "filelock")]
+    loggers = [logging.getLogger(n) for n in ("huggingface_hub", "transformers", "torch", "urllib3", "filelock", "ray")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:  # and for libraries already imported
         lg.setLevel(logging.ERROR)
@@ -268,11 +273,16 @@ def _check_options(args) -> None:
         from .deadline import check_seconds
         check_seconds(args.timeout, "--timeout")
     for flag, needs in (("output", "inputs"), ("resume", "output"), ("overwrite", "output"),
-                        ("retry_errors", "resume")):
+                        ("retry_errors", "resume"), ("ray", "inputs"), ("workers", "ray")):
         if getattr(args, flag) and not getattr(args, needs):
             raise QueryArgumentError(f"--{flag.replace('_', '-')} needs --{needs}")
     if args.resume and args.overwrite:
         raise QueryArgumentError("--resume keeps the rows --output holds and --overwrite replaces them: choose one")
+    if args.workers is not None and args.workers < 1:
+        raise QueryArgumentError(f"--workers must be at least 1, got {args.workers}")
+    if args.ray:
+        from .ray_batch import import_ray
+        import_ray()  # without ray installed: say how to install it before any work
 
 
 # ---- showing text safely ------------------------------------------------------------------
@@ -546,7 +556,8 @@ def _run_rows(args, program, shared: dict[str, Any], batch: tuple[list[int], lis
         try:
             for k, outcome in api.run_batch(program.query.source, [r for _, r in todo], batch_size=args.batch_size,
                                             model=args.model, seed=args.seed, filename=program.filename,
-                                            return_errors=True, device=args.device, dtype=args.dtype):
+                                            return_errors=True, device=args.device, dtype=args.dtype,
+                                            ray=args.ray, workers=args.workers):
                 index, row = todo[k]
                 if isinstance(outcome, LmqlError):
                     failed += 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,30 @@ DEVICE_VARIABLE, DTYPE_VARIABLE = "LMQL_LITE_DEVICE", "LMQL_LITE_DTYPE"
 RANDOM_OPTIONS = frozenset({"seed", "tokenizer", "vocab"})
 REMOTE = (("openai/", "an OpenAI API model"), ("azure/", "an Azure OpenAI model"),
           ("replicate:", "a Replicate model"), ("llama.cpp:", "a llama.cpp model"))
+
+
+# What a process's engines read for their CPU thread count; LMQL_LITE_THREADS is ours (engines
+# without a thread variable of their own read it), the others are the numeric libraries'.
+THREAD_VARIABLES = ("LMQL_LITE_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def limit_threads(threads: int) -> None:
+    """At most `threads` CPU threads for the engines of this process (a worker sharing a machine).
+
+    Set before an engine loads, the variables are what it reads at start-up; torch, if already
+    loaded, is told directly. An engine with its own thread option reads LMQL_LITE_THREADS.
+    """
+    for variable in THREAD_VARIABLES:
+        os.environ[variable] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+def threads_in_use() -> int | None:
+    """torch's CPU thread count in this process, or None before torch is loaded."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
 
 
 def load_model(name: str | None = None, **options: Any):
