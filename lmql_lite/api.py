@@ -31,7 +31,9 @@ _default_model: list[Any] = [None]
 DECODER_KEYWORDS = frozenset({"decoder", "n", "temperature", "top_k", "top_p", "seed", "max_len", "max_tokens",
                               "healing"})
 # LMQL keywords about its API batching and console output: accepted, and mean nothing here.
-IGNORED_KEYWORDS = frozenset({"chunksize", "openai_chunksize", "output_writer", "verbose", "cache"})
+IGNORED_KEYWORDS = frozenset({"chunksize", "openai_chunksize", "output_writer", "verbose"})
+# Keywords about the run itself: `cache=` is the run cache (a folder, True for the default one, False: none).
+RUN_KEYWORDS = frozenset({"cache"})
 _SAMPLING = ("temperature", "top_k", "top_p")
 _SHARED = ("max_len", "max_tokens", "healing", "seed")
 
@@ -268,7 +270,7 @@ def _bind(program: compiler.Program, args: tuple, kwargs: dict[str, Any], what: 
             raise QueryArgumentError(f"{what} got two values for {key}", file=program.filename)
         if key in readable:
             bound[key] = value
-        elif key in DECODER_KEYWORDS or key in IGNORED_KEYWORDS:
+        elif key in DECODER_KEYWORDS or key in IGNORED_KEYWORDS or key in RUN_KEYWORDS:
             options[key] = value
         else:
             known = sorted(readable | DECODER_KEYWORDS)
@@ -317,6 +319,8 @@ def run(source_or_path: str, *args: Any, model: Any = None, decoder: str | None 
     when the query reads them, else decoder options (`temperature=`, `n=`, `max_len=`, ...).
     `await lmql_lite.run(...)` gives LMQL's answer instead: the return value where there is one.
     `timeout` (seconds) bounds the whole run, model loading included: QueryTimeoutError past it.
+    `cache=` keeps the model's work across runs (docs/cache.md): a folder, True for the default one,
+    False for none; by default `LMQL_LITE_CACHE_RUNS` decides.
     """
     with Deadline(timeout, label="timeout") if timeout is not None else contextlib.nullcontext():
         program = load(source_or_path)
@@ -345,7 +349,8 @@ def _run(program, inputs, options, *, model=None, decoder=None, seed=None, on_te
          scope=None) -> Result | Results:
     model = options.pop("model", model)
     results = run_compiled(program, inputs, model=model, decoder=options.pop("decoder", decoder),
-                           seed=options.pop("seed", seed), on_text=on_text, trace=trace, scope=scope, **options)
+                           seed=options.pop("seed", seed), on_text=on_text, trace=trace, scope=scope,
+                           cache=options.pop("cache", None), **options)
     if isinstance(results, list):
         return Results(_lmql_result(r, program) for r in results)
     return _lmql_result(results, program)
@@ -353,7 +358,7 @@ def _run(program, inputs, options, *, model=None, decoder=None, seed=None, on_te
 
 def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: Any = None,
                  decoder: str | None = None, seed: int | None = None, on_text=None, trace: bool = False,
-                 scope: dict[str, Any] | None = None, **options: Any):
+                 scope: dict[str, Any] | None = None, cache: Any = None, **options: Any):
     env = {**(scope or {}), **inputs}  # what the decoder clause and `from` may read
     options = decoder_options(program, env, name=decoder, seed=seed, **options)
     m = resolve_model(program, env, model)
@@ -361,7 +366,7 @@ def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: An
     token = _current_model.set(m)
     try:
         results = run_program(program, m, _index(m), options, _starts(program, rows, scope), on_text=on_text,
-                              record_tokens=trace)
+                              record_tokens=trace, cache=cache)
     finally:
         _current_model.reset(token)
     return results if options.several else results[0]
@@ -369,7 +374,7 @@ def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: An
 
 def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_size: int = 8, model: Any = None,
               seed: int | None = None, filename: str | None = None, timeout: float | None = None,
-              return_errors: bool = False) -> Iterator[tuple[int, _Result | list[_Result] | LmqlError]]:
+              return_errors: bool = False, cache: Any = None) -> Iterator[tuple[int, _Result | list[_Result] | LmqlError]]:
     """Run one query over many inputs, `batch_size` at a time in batched forward passes.
 
     Yields (input index, result) as each batch finishes, so a caller can save results as they come.
@@ -382,7 +387,7 @@ def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_si
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise QueryArgumentError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
     limit = Deadline(timeout, label="timeout") if timeout is not None else None
-    models: dict[str, Any] = {}  # the model, resolved once
+    models: dict[str, Any] = {"cache": cache}  # the model, resolved once; the run cache
     for start in range(0, len(rows), batch_size):
         with limit or contextlib.nullcontext():
             outcomes = _run_chunk(program, rows[start:start + batch_size], model, seed, models, return_errors)
@@ -425,13 +430,13 @@ def _run_chunk(program, chunk: list[dict[str, Any]], model, seed, models, return
 def _run_together(program, chunk: list[dict[str, Any]], model, seed, models) -> list:
     options = decoder_options(program, chunk[0], seed=seed)
     if not options.decoder.batches_inputs or options.n > 1:
-        return [run_compiled(program, row, model=model, seed=seed) for row in chunk]
+        return [run_compiled(program, row, model=model, seed=seed, cache=models["cache"]) for row in chunk]
     if "model" not in models:
         models["model"] = resolve_model(program, chunk[0], model)
     m = models["model"]
     token = _current_model.set(m)
     try:
-        return run_program(program, m, _index(m), options, _starts(program, chunk))
+        return run_program(program, m, _index(m), options, _starts(program, chunk), cache=models["cache"])
     finally:
         _current_model.reset(token)
 
@@ -562,7 +567,7 @@ def _defining_scope(fn: Callable | None, frame) -> Callable[[], dict[str, Any]]:
 
 def _query_options(options: dict[str, Any], what: str) -> dict[str, Any]:
     for key in options:
-        if key not in DECODER_KEYWORDS | IGNORED_KEYWORDS | QUERY_KEYWORDS:
+        if key not in DECODER_KEYWORDS | IGNORED_KEYWORDS | RUN_KEYWORDS | QUERY_KEYWORDS:
             known = sorted(DECODER_KEYWORDS | QUERY_KEYWORDS)
             hint = difflib.get_close_matches(key, known, 1)
             raise QueryArgumentError(f"{what}: unknown keyword {key}" + (f"; did you mean {hint[0]}?" if hint

@@ -19,6 +19,7 @@ import sys
 import threading
 import traceback
 import warnings
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                 args = _arguments().parse_args(argv)
             except SystemExit as e:  # --help, --version
                 return int(e.code or 0)
-            code = _check(args) if args.command == "check" else _run(args)
+            code = {"check": _check, "cache": _cache, "run": _run}[args.command](args)
             sys.stdout.flush()
             return code
         except LmqlError as e:
@@ -107,10 +108,19 @@ def _arguments() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="with --output: keep the rows the file holds, run the others")
     run.add_argument("--retry-errors", action="store_true", help="with --resume: run the rows that failed again")
     run.add_argument("--overwrite", action="store_true", help="with --output: replace what the file holds")
+    run.add_argument("--cache", metavar="DIR", help="keep the model's work in the run cache in DIR and replay it "
+                     "(also LMQL_LITE_CACHE_RUNS=DIR, or =1 for the default folder; docs/cache.md)")
+    run.add_argument("--no-cache", action="store_true", help="no run cache, whatever LMQL_LITE_CACHE_RUNS says")
     run.add_argument("--debug", action="store_true", help="show Python tracebacks and the libraries' log messages")
     check = sub.add_parser("check", help="parse and statically check queries without loading a model")
     check.add_argument("files", nargs="+")
     check.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    runs = sub.add_parser("cache", help="the run cache: what it holds, or empty it")
+    runs.add_argument("action", choices=["info", "clear"])
+    runs.add_argument("folder", nargs="?", metavar="DIR",
+                      help="the cache folder (default: LMQL_LITE_CACHE_RUNS if it names one, else the user's cache)")
+    runs.add_argument("--json", action="store_true", help="info as one JSON document")
+    runs.add_argument("--debug", action="store_true", help="show Python tracebacks")
     return p
 
 
@@ -249,6 +259,8 @@ def _check_options(args) -> None:
             raise QueryArgumentError(f"--{flag.replace('_', '-')} needs --{needs}")
     if args.resume and args.overwrite:
         raise QueryArgumentError("--resume keeps the rows --output holds and --overwrite replaces them: choose one")
+    if args.cache is not None and args.no_cache:
+        raise QueryArgumentError("--cache keeps the model's work and --no-cache keeps none: choose one")
 
 
 # ---- showing text safely ------------------------------------------------------------------
@@ -336,12 +348,42 @@ def _run(args) -> int:
             options = api.decoder_options(program, inputs, seed=args.seed)
             printer.show = not (args.json or args.quiet) and options.n == 1
             result = api.run_compiled(program, inputs, model=args.model, seed=args.seed, on_text=printer,
-                                      trace=args.trace)
+                                      trace=args.trace, cache=_cache_setting(args))
     except QueryTimeoutError as e:
         if not args.inputs:
             _show_partial(args, printer, e)
         raise
     _show(args, result, printer.show)
+    return 0
+
+
+def _cache_setting(args):
+    """`--no-cache` (False), `--cache DIR`, or None: LMQL_LITE_CACHE_RUNS decides."""
+    return False if args.no_cache else args.cache
+
+
+def _cache(args) -> int:
+    """`lmql-lite cache info|clear [DIR]`."""
+    from . import runcache
+    folder = args.folder
+    if folder is None:
+        setting = runcache.from_setting(None)
+        folder = setting.folder if setting is not None else runcache.default_folder()
+    store = runcache.RunCache(folder)
+    if args.action == "clear":
+        removed = store.clear()
+        print(f"removed {removed} entr{'y' if removed == 1 else 'ies'} from {store.path}")
+        return 0
+    info = store.info()
+    store.close()
+    if args.json:
+        print(_dumps(info, indent=2))
+        return 0
+    print(f"location:  {info['location']}{'' if Path(info['location']).exists() else ' (not created yet)'}")
+    print(f"entries:   {info['entries']}")
+    print(f"bytes:     {info['bytes']:,} in entries, {info['file_bytes']:,} on disk "
+          f"(bound {info['max_bytes']:,}, least recently used out first)")
+    print(f"hits:      {info['hits']}")
     return 0
 
 
@@ -464,7 +506,7 @@ def _run_rows(args, program, shared: dict[str, Any], batch: tuple[list[int], lis
         try:
             for k, outcome in api.run_batch(program.query.source, [r for _, r in todo], batch_size=args.batch_size,
                                             model=args.model, seed=args.seed, filename=program.filename,
-                                            return_errors=True):
+                                            return_errors=True, cache=_cache_setting(args)):
                 index, row = todo[k]
                 if isinstance(outcome, LmqlError):
                     failed += 1

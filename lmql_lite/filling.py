@@ -26,6 +26,7 @@ class Filling:
         self.clock = time.perf_counter()   # when the hole's last token was taken (for --trace)
         self.wish: int | None = None       # the model's own pick among the tokens that would end the value
         self.cut = ""                      # "max_len" or "max_tokens" when one of them ended the hole
+        self.record: tuple[str, list] | None = None  # (run cache key, [token, logprob, how, allowed]...) of a hole to keep
 
     @classmethod
     def begin(cls, hole: runtime.Hole, resolve: Callable[[str], Any], prompt: Prompt, runner, program) -> "Filling":
@@ -54,6 +55,8 @@ class Filling:
             raise filling.locate(ConstraintError(f"max_len={runner.options.max_len} is reached by the "
                                                  f"prompt before {hole.name} can be decoded"))
         filling.check_room()
+        if runner.replays is not None:  # the run cache: replay the hole, or record it to keep
+            runner.replays.begin(filling, term)
         return filling
 
     def check_room(self) -> None:
@@ -75,7 +78,7 @@ class Filling:
 
     def copy(self, prompt: Prompt) -> "Filling":
         twin = Filling.__new__(Filling)
-        twin.__dict__.update(self.__dict__, prompt=prompt, guide=self.guide.copy())
+        twin.__dict__.update(self.__dict__, prompt=prompt, guide=self.guide.copy(), record=None)
         return twin
 
     def locate(self, e: LmqlError) -> LmqlError:
@@ -151,11 +154,28 @@ class Filling:
         self.take(int(mask.ids[0]), 0.0, "forced", 1)
         return True
 
+    def replay(self, taken: list) -> bool:
+        """Take the tokens a run cache entry kept, if the guide allows each of them in turn (False: none taken)."""
+        probe = self.guide.copy()
+        try:
+            for tok, _, _, _ in taken:
+                if probe.is_finished() or not probe.allowed()[tok]:
+                    return False
+                probe.advance(tok)
+        except (LmqlError, IndexError, TypeError, ValueError):
+            return False
+        for tok, logprob, how, allowed in taken:
+            self.take(tok, logprob, "cached" if how == "chosen" else how, allowed)
+        self.prompt.trace.cached_tokens += len(taken)
+        return True
+
     # ---- tokens and the end ------------------------------------------------------------
 
     def take(self, tok: int, logprob: float, how: str, allowed: int) -> None:
         """Append one token (chosen by the decoder or forced) to the hole."""
         trace = self.prompt.trace
+        if self.record is not None:
+            self.record[1].append((tok, logprob, how, allowed))
         if trace.tokens is not None:
             now = time.perf_counter()
             text = self.runner.model.vocabulary.tokens[tok].decode("utf-8", errors="replace")
@@ -191,6 +211,8 @@ class Filling:
         if reason in CUT:
             self.prompt.trace.notes.append(f"{self.hole.name}: ended at {message}")
         self.prompt.value(text)
+        if self.record is not None:
+            self.runner.replays.finish(self)
         return text, value
 
     def why_ended(self) -> tuple[str, str]:

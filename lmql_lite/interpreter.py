@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from . import decoders
+from . import decoders, runcache
 from .branch import Branch
 from .deadline import Expired
 from .decoders import Choice
@@ -34,13 +34,16 @@ class Runner:
     """Decodes a set of branches together over one batch."""
 
     def __init__(self, model, index: TokenIndex, options: DecoderOptions,
-                 on_text: Callable[[int, str, str], None] | None = None, record_tokens: bool = False):
+                 on_text: Callable[[int, str, str], None] | None = None, record_tokens: bool = False,
+                 cache: Any = None):
         self.model = model
         self.index = index
         self.options = options
         self.decoder = decoders.for_options(options)
         self.on_text = on_text
         self.record_tokens = record_tokens
+        self.cache = cache                 # the run cache setting (runcache.from_setting)
+        self.replays: runcache.Replays | None = None
         self.eos_id = min(model.vocabulary.eos_ids) if model.vocabulary.eos_ids else None
         self.eos_ids = np.array(sorted(model.vocabulary.eos_ids), np.int64)
         self.after_text = _after_text(model.vocabulary)
@@ -62,6 +65,7 @@ class Runner:
         if not self.options.decoder.batches_inputs and len(starts) != 1:
             raise QueryArgumentError(f"{self.options.name} decoding runs one input at a time")
         self._batch = None
+        self.replays = runcache.Replays.for_run(self.cache, self.model, self.options, self.decoder, len(starts))
         self.branches = [Branch(self, start, program, row) for row, (start, program) in enumerate(starts)]
         try:
             while active := self._settle():
@@ -154,6 +158,11 @@ class Runner:
 
     def score(self, branch: Branch, candidates: list[list[int]]) -> list[float]:
         """Total log-probability of each candidate continuing `branch`'s prompt (`distribution`), SCORE_CHUNK at a time."""
+        if self.replays is not None:
+            return self.replays.scores(branch.prompt.tokens, candidates, lambda: self._score(branch, candidates))
+        return self._score(branch, candidates)
+
+    def _score(self, branch: Branch, candidates: list[list[int]]) -> list[float]:
         self._forward([branch], masked=False)  # the row holds its whole prompt, and its logits
         totals = []
         for at in range(0, len(candidates), self.SCORE_CHUNK):
@@ -173,6 +182,9 @@ def _after_text(vocab) -> np.ndarray:
 
 def run_program(program, model, index: TokenIndex, options: DecoderOptions,
                 starts: list[tuple[Callable[[], Iterator], Any]], *, on_text=None,
-                record_tokens: bool = False) -> list[Result]:
-    """Decode each start (a generator factory and its program) on `model`; one result each (n for beam)."""
-    return Runner(model, index, options, on_text=on_text, record_tokens=record_tokens).run(starts)
+                record_tokens: bool = False, cache: Any = None) -> list[Result]:
+    """Decode each start (a generator factory and its program) on `model`; one result each (n for beam).
+
+    `cache`: the run cache (a folder, True for the default one; None: `LMQL_LITE_CACHE_RUNS` decides).
+    """
+    return Runner(model, index, options, on_text=on_text, record_tokens=record_tokens, cache=cache).run(starts)

@@ -75,6 +75,12 @@ def language(spec: Any) -> Dfa:
     return _language(_key(spec))
 
 
+def schema(spec: Any) -> dict:
+    """The JSON schema `spec` stands for (a schema dict as given, a JSON type's derived one)."""
+    key = _key(spec)
+    return json.loads(key) if isinstance(key, str) else _schema_of(key)
+
+
 def converter(spec: Any) -> Callable[[str], Any]:
     """text → value: the parsed, validated JSON, built into the class where `spec` is one."""
     key = _key(spec)
