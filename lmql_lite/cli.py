@@ -371,7 +371,10 @@ def _cache(args) -> int:
         folder = setting.folder if setting is not None else runcache.default_folder()
     store = runcache.RunCache(folder)
     if args.action == "clear":
-        removed = store.clear()
+        try:
+            removed = store.clear()
+        except OSError as e:
+            raise LmqlError(str(e)) from None
         print(f"removed {removed} entr{'y' if removed == 1 else 'ies'} from {store.path}")
         return 0
     info = store.info()

@@ -20,6 +20,7 @@ import json
 import os
 import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,8 @@ class RunCache:
         self.folder = Path(folder).expanduser()
         self.max_bytes = _max_bytes() if max_bytes is None else int(max_bytes)
         self._db: sqlite3.Connection | None = None
+        self._pid = os.getpid()           # a connection is not carried into a forked child
+        self._lock = threading.Lock()     # one connection, used by one thread at a time
         self._off = False                 # unusable here (not writable, not ours, damaged): every lookup misses
 
     @property
@@ -89,6 +92,8 @@ class RunCache:
         return self.folder / FILE
 
     def _connect(self) -> sqlite3.Connection | None:
+        if self._pid != os.getpid():
+            self._db, self._pid = None, os.getpid()
         if self._db is not None or self._off:
             return self._db
         try:
@@ -118,6 +123,10 @@ class RunCache:
 
     def get(self, key: str) -> Any:
         """The value kept under `key`, or None; a hit marks the entry used now."""
+        with self._lock:
+            return self._get(key)
+
+    def _get(self, key: str) -> Any:
         db = self._connect()
         if db is None:
             return None
@@ -143,6 +152,10 @@ class RunCache:
 
     def put(self, key: str, value: Any) -> None:
         """Keep `value` under `key` (one transaction), then drop the least recently used entries over the bound."""
+        with self._lock:
+            self._put(key, value)
+
+    def _put(self, key: str, value: Any) -> None:
         db = self._connect()
         if db is None:
             return
@@ -167,29 +180,47 @@ class RunCache:
                "max_bytes": self.max_bytes}
         if not self.path.exists():
             return out
-        db = self._connect()
-        if db is not None:
+        with self._lock:
+            db = self._connect()
             try:
-                out["entries"], out["bytes"], out["hits"] = db.execute(
-                    "SELECT entries, bytes, hits FROM totals").fetchone()
+                if db is not None:
+                    out["entries"], out["bytes"], out["hits"] = db.execute(
+                        "SELECT entries, bytes, hits FROM totals").fetchone()
             except sqlite3.DatabaseError as e:
                 _note(self.path, f"cannot be read ({e})")
         out["file_bytes"] = sum(p.stat().st_size for p in self.folder.glob(FILE + "*") if p.is_file())
         return out
 
     def clear(self) -> int:
-        """Remove every entry (the files too, so a damaged store starts afresh); how many entries there were."""
-        entries = self.info()["entries"] if self.path.exists() else 0
-        self.close()
-        for p in self.folder.glob(FILE + "*"):
-            if p.is_file() and not cache.untrusted(p.lstat(), regular=True):
-                p.unlink()
-        self._off = False
+        """Remove every entry; how many there were. Other processes may go on using the store meanwhile;
+        a damaged store's files are removed, so it starts afresh."""
+        if not self.path.exists():
+            return 0
+        entries = self.info()["entries"]
+        with self._lock:
+            db = self._connect()
+            if db is not None:
+                try:
+                    with _transaction(db):
+                        db.execute("DELETE FROM entries")
+                        db.execute("UPDATE totals SET entries = 0, bytes = 0, hits = 0")
+                except sqlite3.DatabaseError as e:
+                    raise OSError(f"cannot clear {self.path}: {e}") from None
+                try:
+                    db.execute("VACUUM")  # give the space back; another process reading now may prevent it
+                except sqlite3.DatabaseError:
+                    pass
+                return entries
+            self._off = False  # unusable (damaged): its files go
+            for p in self.folder.glob(FILE + "*"):
+                if p.is_file() and not cache.untrusted(p.lstat(), regular=True):
+                    p.unlink()
         return entries
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
+        with self._lock:
+            if self._db is not None and self._pid == os.getpid():
+                self._db.close()
             self._db = None
 
 
@@ -314,6 +345,7 @@ class Replays:
         if options.name == "sample":
             fields += ["temperature", "top_k", "top_p", "seed"]
         self.decoder_part = {f: getattr(options, f) for f in fields}
+        self.stored: set[str] = set()  # keys this run stored already (argmax's n equal rows store once)
 
     @classmethod
     def for_run(cls, setting: Any, model, options, decoder, rows: int) -> "Replays | None":
@@ -349,7 +381,9 @@ class Replays:
     def finish(self, filling) -> None:
         """Where a hole ends with a valid value: keep what it took."""
         key, taken = filling.record
-        self.store.put(key, {"tokens": taken, "wish": filling.wish, "rng": self._rng_state()})
+        if key not in self.stored:
+            self.stored.add(key)
+            self.store.put(key, {"tokens": taken, "wish": filling.wish, "rng": self._rng_state()})
 
     def scores(self, tokens: list[int], candidates: list[list[int]], compute) -> list[float]:
         """A `distribution`'s total log-probabilities: kept, or `compute()`d and kept."""

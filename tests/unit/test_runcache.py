@@ -16,7 +16,7 @@ import time
 import pytest
 
 import lmql_lite
-from lmql_lite import cli, runcache
+from lmql_lite import cache, cli, runcache
 from lmql_lite.models.fake import FakeModel
 
 QUERY = '''argmax
@@ -324,6 +324,7 @@ def test_another_weights_file_is_another_model_whatever_its_name(tmp_path, tiny_
     weights[name] = weights[name] + 0.5
     safetensors.torch.save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
     monkeypatch.setenv("LMQL_LITE_CACHE", str(tmp_path / "cache"))  # the weights' digests are kept there
+    monkeypatch.setattr(cache, "_digests", {})  # as in a new process
     a, b = load_model(str(tiny_model_dir)), load_model(str(other))
     assert runcache.tokenizer_fingerprint(a) == runcache.tokenizer_fingerprint(b)
     assert a.fingerprint() != b.fingerprint()
