@@ -448,7 +448,7 @@ def _result_doc(result, trace: bool) -> dict:
         t = result.trace
         doc["trace"] = {
             "forward_passes": t.forward_passes, "tokens_fed": t.tokens_fed, "prompt_tokens": t.prompt_tokens,
-            "generated_tokens": t.generated_tokens, "forced_tokens": t.forced_tokens,
+            "generated_tokens": t.generated_tokens, "forced_tokens": t.forced_tokens, "cached_tokens": t.cached_tokens,
             "mask_seconds": t.mask_seconds, "notes": list(t.notes),
             "tokens": [{"variable": r.variable, "token": r.token, "text": r.text, "allowed": r.allowed,
                         "how": r.how, "logprob": r.logprob, "seconds": r.seconds} for r in t.tokens or []]}
@@ -477,8 +477,9 @@ def _print_distribution(result) -> None:
 def _print_trace(result) -> None:
     t = result.trace
     print(f"trace: {t.forward_passes} forward passes, {t.tokens_fed} tokens through the model "
-          f"({t.prompt_tokens} prompt, {t.generated_tokens} chosen, {t.forced_tokens} forced), "
-          f"masks {t.mask_seconds * 1000:.1f} ms", file=sys.stderr)
+          f"({t.prompt_tokens} prompt, {t.generated_tokens} chosen, {t.forced_tokens} forced"
+          + (f"; {t.cached_tokens} of them replayed from the run cache" if t.cached_tokens else "")
+          + f"), masks {t.mask_seconds * 1000:.1f} ms", file=sys.stderr)
     if t.tokens:
         print(f"{'variable':<12} {'token':<16} {'allowed':>8} {'how':<7} {'logprob':>8} {'ms':>8}", file=sys.stderr)
         for rec in t.tokens:

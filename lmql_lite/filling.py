@@ -26,7 +26,7 @@ class Filling:
         self.clock = time.perf_counter()   # when the hole's last token was taken (for --trace)
         self.wish: int | None = None       # the model's own pick among the tokens that would end the value
         self.cut = ""                      # "max_len" or "max_tokens" when one of them ended the hole
-        self.record: tuple[str, list] | None = None  # (run cache key, [token, logprob, how, allowed]...) of a hole to keep
+        self.record: tuple[str, list] | None = None  # (run cache key, [(token, logprob, how, allowed)...]) to keep
 
     @classmethod
     def begin(cls, hole: runtime.Hole, resolve: Callable[[str], Any], prompt: Prompt, runner, program) -> "Filling":
