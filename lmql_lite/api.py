@@ -31,6 +31,8 @@ _default_model: list[Any] = [None]
 # Keywords a run takes besides the query's inputs: the decoder and its options (as LMQL names them).
 DECODER_KEYWORDS = frozenset({"decoder", "n", "temperature", "top_k", "top_p", "seed", "max_len", "max_tokens",
                               "healing"})
+# Keywords about where the model runs (see `models.placement`), passed on to `lmql_lite.model(...)`.
+MODEL_KEYWORDS = frozenset({"device", "dtype"})
 # LMQL keywords about its API batching and console output: accepted, and mean nothing here.
 IGNORED_KEYWORDS = frozenset({"chunksize", "openai_chunksize", "output_writer", "verbose"})
 # Keywords about the run itself: `cache=` is the run cache (a folder, True for the default one, False: none).
@@ -41,7 +43,9 @@ _SHARED = ("max_len", "max_tokens", "healing", "seed")
 
 def model(name: str | None = None, **options: Any) -> LLM:
     """A model handle (loaded on first use, once per process): a local directory, a hub id in the
-    local cache, `local:NAME`, `random` (with `seed=`), or None for the embedded default."""
+    local cache, a nanoGPT checkpoint, `local:NAME`, `random` (with `seed=`), or None for the
+    embedded default; `device=` (auto, cpu, cuda, cuda:N, mps) and `dtype=` (auto, float32,
+    float16, bfloat16) say where and in what precision it runs."""
     return LLM(name, **options)
 
 
@@ -174,24 +178,38 @@ def _evaluate(program: compiler.Program, expr, inputs: dict[str, Any]) -> Any:
                                  source_line=program.source_line(expr.pos.line)) from None
 
 
-def resolve_model(program: compiler.Program, inputs: dict[str, Any], model_arg: Any = None):
+def resolve_model(program: compiler.Program, inputs: dict[str, Any], model_arg: Any = None,
+                  placement: dict[str, Any] | None = None):
     """The model a run uses: `model=` / --model, then the query's `from`, then the model of the
-    enclosing query, `set_default_model`, LMQL_LITE_MODEL, and last the embedded default."""
+    enclosing query, `set_default_model`, LMQL_LITE_MODEL, and last the embedded default.
+    `placement` (`device=`, `dtype=`; None ones ignored) joins the options of the model so chosen."""
+    placement = {k: v for k, v in (placement or {}).items() if v is not None}
     if model_arg is not None and not isinstance(model_arg, str):
-        return _loaded(model_arg)
+        return _loaded(_placed(model_arg, placement))
     name = model_arg
     if name is None and program.query.model is not None:
         name = _evaluate(program, program.query.model, inputs)
         if name is not None and not isinstance(name, str):
-            return _loaded(name)
+            return _loaded(_placed(name, placement))
     if name is None:
         current = _current_model.get()
-        if current is not None:
+        if current is not None and not placement:
             return current
         if _default_model[0] is not None:
-            return _loaded(model(_default_model[0]) if isinstance(_default_model[0], str) else _default_model[0])
+            chosen = _default_model[0]
+            return _loaded(_placed(model(chosen) if isinstance(chosen, str) else chosen, placement))
         name = os.environ.get("LMQL_LITE_MODEL") or None
-    return _loaded(model(name))
+    return _loaded(model(name, **placement))
+
+
+def _placed(m: Any, placement: dict[str, Any]) -> Any:
+    """The model handle `m` with `placement` among its options."""
+    if not placement:
+        return m
+    if isinstance(m, LLM):
+        return LLM(m.model_identifier, **{**m.configuration, **placement})
+    raise QueryArgumentError(f"{', '.join(f'{k}=' for k in placement)} choose where a model loads: name the model "
+                             f"(a string, or lmql_lite.model(name, ...)), not one already loaded ({type(m).__name__})")
 
 
 def _starts(program: compiler.Program, rows: list[dict[str, Any]], scope: dict[str, Any] | None = None):
@@ -271,10 +289,10 @@ def _bind(program: compiler.Program, args: tuple, kwargs: dict[str, Any], what: 
             raise QueryArgumentError(f"{what} got two values for {key}", file=program.filename)
         if key in readable:
             bound[key] = value
-        elif key in DECODER_KEYWORDS or key in IGNORED_KEYWORDS or key in RUN_KEYWORDS:
+        elif key in DECODER_KEYWORDS or key in IGNORED_KEYWORDS or key in MODEL_KEYWORDS or key in RUN_KEYWORDS:
             options[key] = value
         else:
-            known = sorted(readable | DECODER_KEYWORDS)
+            known = sorted(readable | DECODER_KEYWORDS | MODEL_KEYWORDS)
             hint = difflib.get_close_matches(key, known, 1)
             raise QueryArgumentError(
                 f"{what}: unknown argument {key}: the query reads no {key} and it is no decoder option"
@@ -394,9 +412,10 @@ def run_file(path: str, *args: Any, model: Any = None, **kwargs: Any) -> Result 
 def _run(program, inputs, options, *, model=None, decoder=None, seed=None, on_text=None, trace=False,
          scope=None, events=None, detail: int = 0) -> Result | Results:
     model = options.pop("model", model)
+    placement = {k: options.pop(k) for k in MODEL_KEYWORDS if k in options}
     results = run_compiled(program, inputs, model=model, decoder=options.pop("decoder", decoder),
                            seed=options.pop("seed", seed), on_text=on_text, trace=trace, scope=scope,
-                           events=events, detail=detail, cache=options.pop("cache", None), **options)
+                           events=events, detail=detail, cache=options.pop("cache", None), **placement, **options)
     if isinstance(results, list):
         return Results(_lmql_result(r, program) for r in results)
     return _lmql_result(results, program)
@@ -404,11 +423,11 @@ def _run(program, inputs, options, *, model=None, decoder=None, seed=None, on_te
 
 def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: Any = None,
                  decoder: str | None = None, seed: int | None = None, on_text=None, trace: bool = False,
-                 scope: dict[str, Any] | None = None, events=None, detail: int = 0, cache: Any = None,
-                 **options: Any):
+                 scope: dict[str, Any] | None = None, events=None, detail: int = 0, device: Any = None,
+                 dtype: Any = None, cache: Any = None, **options: Any):
     env = {**(scope or {}), **inputs}  # what the decoder clause and `from` may read
     options = decoder_options(program, env, name=decoder, seed=seed, **options)
-    m = resolve_model(program, env, model)
+    m = resolve_model(program, env, model, {"device": device, "dtype": dtype})
     rows = [inputs] * (options.n if options.decoder.row_per_result else 1)
     token = _current_model.set(m)
     try:
@@ -421,20 +440,22 @@ def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: An
 
 def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_size: int = 8, model: Any = None,
               seed: int | None = None, filename: str | None = None, timeout: float | None = None,
-              return_errors: bool = False, cache: Any = None) -> Iterator[tuple[int, _Result | list[_Result] | LmqlError]]:
+              return_errors: bool = False, device: Any = None, dtype: Any = None,
+              cache: Any = None) -> Iterator[tuple[int, _Result | list[_Result] | LmqlError]]:
     """Run one query over many inputs, `batch_size` at a time in batched forward passes.
 
     Yields (input index, result) as each batch finishes, so a caller can save results as they come.
     With `return_errors`, a row that fails (a missing input, a constraint or runtime error) yields
     its LmqlError in place of a result and the other rows go on; a ModelError still ends the run.
     `timeout` (seconds) bounds the whole run; only the time spent inside the generator counts.
+    `device=` and `dtype=` say where the model runs (see `lmql_lite.model`).
     """
     program = load(source_or_path, filename)
     rows = list(inputs)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise QueryArgumentError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
     limit = Deadline(timeout, label="timeout") if timeout is not None else None
-    models: dict[str, Any] = {"cache": cache}  # the model, resolved once; the run cache
+    models: dict[str, Any] = {"placement": {"device": device, "dtype": dtype}, "cache": cache}  # and the model, resolved once
     for start in range(0, len(rows), batch_size):
         with limit or contextlib.nullcontext():
             outcomes = _run_chunk(program, rows[start:start + batch_size], model, seed, models, return_errors)
@@ -477,9 +498,10 @@ def _run_chunk(program, chunk: list[dict[str, Any]], model, seed, models, return
 def _run_together(program, chunk: list[dict[str, Any]], model, seed, models) -> list:
     options = decoder_options(program, chunk[0], seed=seed)
     if not options.decoder.batches_inputs or options.n > 1:
-        return [run_compiled(program, row, model=model, seed=seed, cache=models["cache"]) for row in chunk]
+        return [run_compiled(program, row, model=model, seed=seed, cache=models["cache"], **models["placement"])
+                for row in chunk]
     if "model" not in models:
-        models["model"] = resolve_model(program, chunk[0], model)
+        models["model"] = resolve_model(program, chunk[0], model, models["placement"])
     m = models["model"]
     token = _current_model.set(m)
     try:
@@ -628,8 +650,8 @@ def _defining_scope(fn: Callable | None, frame) -> Callable[[], dict[str, Any]]:
 
 def _query_options(options: dict[str, Any], what: str) -> dict[str, Any]:
     for key in options:
-        if key not in DECODER_KEYWORDS | IGNORED_KEYWORDS | RUN_KEYWORDS | QUERY_KEYWORDS:
-            known = sorted(DECODER_KEYWORDS | QUERY_KEYWORDS)
+        if key not in DECODER_KEYWORDS | IGNORED_KEYWORDS | RUN_KEYWORDS | QUERY_KEYWORDS | MODEL_KEYWORDS:
+            known = sorted(DECODER_KEYWORDS | QUERY_KEYWORDS | MODEL_KEYWORDS)
             hint = difflib.get_close_matches(key, known, 1)
             raise QueryArgumentError(f"{what}: unknown keyword {key}" + (f"; did you mean {hint[0]}?" if hint
                                      else f" (known: {', '.join(known)})"))

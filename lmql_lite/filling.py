@@ -62,7 +62,8 @@ class Filling:
         except LmqlError as e:
             raise locate(e, hole, program)
         last = prompt.tokens[-1:]
-        prefix = prompt.take_back() if runner.options.healing else b""
+        # A served model cannot re-spell the prompt's last token under our mask: no healing there.
+        prefix = prompt.take_back() if runner.options.healing and not runner.served else b""
         prompt.healable = False
         if prefix and not guide.heal(prefix):  # healing would leave no value: the token goes back
             prompt.tokens += last
@@ -186,6 +187,40 @@ class Filling:
             self.take(tok, logprob, "cached" if how == "chosen" else how, allowed)
         self.prompt.trace.cached_tokens += len(taken)
         return True
+
+    # ---- a model on a server -----------------------------------------------------------
+
+    def ask(self, row: int):
+        """The served model's text for the hole, from one request (changes nothing here: requests of several rows run at once)."""
+        model, options = self.runner.model, self.runner.options
+        room = options.max_len - len(self.prompt.tokens)
+        if options.max_tokens is not None:
+            room = min(room, options.max_tokens)
+        try:
+            return model.fill(self.prompt.tokens, self.guide, options, row, room)
+        except LmqlError as e:
+            raise self.locate(e)
+
+    def accept(self, filled) -> None:
+        """The server's text taken through the guide token by token, as a value decoded here would be; ConstraintError if it fails."""
+        model = self.runner.model
+        server = f"{model.dialect.name} ({model.name})"
+        try:
+            for tok in model.encode(filled.text):
+                if self.guide.is_finished():  # a stop phrase ended it: what follows is not the value's
+                    break
+                self.take(tok, 0.0, "served", 0)
+            if not self.guide.is_finished():
+                self.take(min(model.vocabulary.eos_ids), 0.0, "served", 0)
+                if filled.closing:  # the trace says the model wrote a character that cannot continue the value
+                    self.wish = (model.encode(filled.closing) or [None])[0]
+        except ConstraintError as e:
+            why = "it ran out of tokens" if filled.finish == "length" else "it does not satisfy the constraint"
+            raise self.locate(ConstraintError(f"{server} returned {filled.text!r} for {self.hole.name}, and {why} "
+                                              f"({e.message})")) from None
+        self.logprob = filled.logprob
+        self.prompt.trace.notes.append(f"{self.hole.name}: filled by {server} in one request "
+                                       f"(enforced there: {filled.how}), checked here")
 
     # ---- tokens and the end ------------------------------------------------------------
 

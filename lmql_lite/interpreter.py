@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -23,7 +24,7 @@ from . import events as events_
 from .branch import Branch
 from .deadline import Expired
 from .decoders import Choice
-from .errors import QueryArgumentError
+from .errors import ModelError, QueryArgumentError
 from .index import TokenIndex
 from .options import DecoderOptions
 from .result import Result
@@ -50,6 +51,8 @@ class Runner:
         self.eos_id = min(model.vocabulary.eos_ids) if model.vocabulary.eos_ids else None
         self.eos_ids = np.array(sorted(model.vocabulary.eos_ids), np.int64)
         self.after_text = _after_text(model.vocabulary)
+        # A model on a server (models/remote.py) fills each hole with one request, not token by token.
+        self.served = callable(getattr(model, "fill", None))
         self._batch = None
         self.branches: list[Branch] = []
 
@@ -81,11 +84,17 @@ class Runner:
     def run(self, starts: list[tuple[Callable[[], Iterator], Any]]) -> list[Result]:
         if not self.options.decoder.batches_inputs and len(starts) != 1:
             raise QueryArgumentError(f"{self.options.name} decoding runs one input at a time")
+        if self.served and self.options.name == "beam":
+            raise ModelError(f"beam decoding needs every row's logits under our masks, which {self.model.name} "
+                             "(a model on a server) does not give; use argmax or sample")
         self._batch = None
         self.replays = runcache.Replays.for_run(self.cache, self.model, self.options, self.decoder, len(starts))
         self.branches = [Branch(self, start, program, row) for row, (start, program) in enumerate(starts)]
         try:
             while active := self._settle():
+                if self.served:
+                    self._ask(active)                                # one request per row's hole, all at once
+                    continue
                 logits = self._forward(active, masked=not self.detail)  # (rows, vocab) float32
                 if self.detail:
                     self._look(active, logits)                       # the unmasked distribution, for events
@@ -107,6 +116,18 @@ class Runner:
         for b in self.branches:
             b.settle()
         return [b for b in self.branches if b.needs_logits()]
+
+    def _ask(self, active: list[Branch]) -> None:
+        """A served model fills each active row's hole: the requests go at once (a server batches them), the texts are taken in row order."""
+        if len(active) == 1:
+            replies = [active[0].filling.ask(active[0].row)]
+        else:
+            with ThreadPoolExecutor(max_workers=min(len(active), self.SERVED_REQUESTS)) as pool:
+                replies = list(pool.map(lambda b: b.filling.ask(b.row), active))
+        for b, filled in zip(active, replies):
+            b.accept(filled)
+
+    SERVED_REQUESTS = 16  # requests in flight at once to a server
 
     def _forward(self, active: list[Branch], masked: bool = True) -> np.ndarray:
         """One forward pass: each active branch feeds the tokens it queued.  → (rows, vocab)
@@ -187,6 +208,8 @@ class Runner:
 
     def score(self, branch: Branch, candidates: list[list[int]]) -> list[float]:
         """Total log-probability of each candidate continuing `branch`'s prompt (`distribution`), SCORE_CHUNK at a time."""
+        if self.served:
+            return self.model.score(branch.prompt.tokens, candidates)
         if self.replays is not None:
             return self.replays.scores(branch.prompt.tokens, candidates, lambda: self._score(branch, candidates))
         return self._score(branch, candidates)

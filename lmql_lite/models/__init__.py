@@ -6,13 +6,19 @@ default — goes to DEFAULT_ENGINE. Engines are imported only when a model is lo
 `check_name` has refused names that cannot work (a missing path, a garbage `.gguf`), so such a
 mistake costs no slow import.
 LMQL's spellings are understood too: `local:NAME` (a local model), `random` (random logits over
-a real vocabulary, `seed=`), and remote models (`openai/…`, `chatgpt`), which are a clear
-ModelError until a serving-engine backend exists.
+a real vocabulary, `seed=`), and remote API models (`openai/…`, `chatgpt`), which are a clear
+ModelError. A model on an OpenAI-compatible server (vLLM, SGLang, llama.cpp's server) is named
+by its URL, `http://host:port/v1` or `URL#MODEL` (remote.py).
+Where a model runs: `device=` (auto, cpu, cuda, cuda:N, mps; LMQL's `cuda=True` and a one-device
+`device_map=` too) and `dtype=` (auto, float32, float16, bfloat16; LMQL's `torch_dtype=`), else the
+LMQL_LITE_DEVICE and LMQL_LITE_DTYPE environment variables; checked here, torch-free, and
+passed on to the engine, which finds out whether the device is there.
 """
 from __future__ import annotations
 
 import difflib
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +29,21 @@ ENGINES = {
 }
 DEFAULT_ENGINE = "transformers"
 GGUF_MAGIC = b"GGUF"
+NANOGPT_CHECKPOINT = "ckpt.pt"  # the name nanoGPT's train.py gives its checkpoints
 
 # LMQL's shorthands for OpenAI models.
 OPENAI_ALIASES = {"chatgpt": "openai/gpt-3.5-turbo", "gpt-4": "openai/gpt-4"}
 # Spellings of the embedded default model after `local:`.
 DEFAULT_NAMES = ("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "default")
-# LMQL options about where and how a local model runs: they change nothing on this CPU backend.
-PLACEMENT_OPTIONS = frozenset({"silent", "verbose", "inprocess", "cuda", "device_map", "trust_remote_code",
-                               "dtype", "torch_dtype", "async_transport"})
+# LMQL options about how a local model is served and logged: accepted, they change nothing here.
+SERVING_OPTIONS = frozenset({"silent", "verbose", "inprocess", "trust_remote_code", "async_transport"})
+# Where the model runs and in what precision (see `placement`).
+DEVICE_OPTIONS = frozenset({"device", "cuda", "device_map", "dtype", "torch_dtype"})
+PLACEMENT_OPTIONS = SERVING_OPTIONS | DEVICE_OPTIONS
+DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N
+DTYPES = {"auto": "auto", "float32": "float32", "fp32": "float32", "float": "float32",
+          "float16": "float16", "fp16": "float16", "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+DEVICE_VARIABLE, DTYPE_VARIABLE = "LMQL_LITE_DEVICE", "LMQL_LITE_DTYPE"
 RANDOM_OPTIONS = frozenset({"seed", "tokenizer", "vocab"})
 REMOTE = (("openai/", "an OpenAI API model"), ("azure/", "an Azure OpenAI model"),
           ("replicate:", "a Replicate model"), ("llama.cpp:", "a llama.cpp model"))
@@ -41,6 +54,10 @@ def load_model(name: str | None = None, **options: Any):
     are LMQL's `lmql.model(name, ...)` keywords."""
     if name is not None and not isinstance(name, str):
         raise ModelError(f"a model is named by a string, got {type(name).__name__}")
+    if name is not None and name.startswith(("http://", "https://")):
+        from .remote import OPTIONS, load_model as load_served
+        _check_options(name, options, OPTIONS)
+        return load_served(name, **options)
     remote = _remote(name)
     if remote:
         raise ModelError(remote)
@@ -59,7 +76,60 @@ def load_model(name: str | None = None, **options: Any):
         if colon and prefix in ENGINES:
             engine, rest = prefix, tail or None
     check_name(rest)
-    return importlib.import_module(ENGINES[engine]).load_model(rest)
+    device, dtype = placement(options)
+    return importlib.import_module(ENGINES[engine]).load_model(rest, device=device, dtype=dtype)
+
+
+def placement(options: dict[str, Any]) -> tuple[str, str]:
+    """(device, dtype) a model's options ask for, in our spelling: the device `auto`, `cpu`, `cuda`,
+    `cuda:N` or `mps`, the dtype `auto`, `float32`, `float16` or `bfloat16`.
+
+    `device=` (a torch.device too), else LMQL's `cuda=True` or a one-device `device_map=`, else
+    LMQL_LITE_DEVICE, else auto; `dtype=` or `torch_dtype=` (a torch dtype too), else
+    LMQL_LITE_DTYPE, else auto. A spelling we do not know is a ModelError.
+    """
+    asked = {}
+    if options.get("device") is not None:
+        asked["device="] = _device(options["device"], "device=")
+    if options.get("cuda") is not None:
+        if not isinstance(options["cuda"], bool):
+            raise ModelError(f"cuda= is True or False, got {options['cuda']!r}")
+        if options["cuda"]:
+            asked["cuda=True"] = "cuda"
+    if options.get("device_map") is not None:
+        if not isinstance(options["device_map"], str):
+            raise ModelError("device_map= places the whole model on one device here: give a device name "
+                             f"({', '.join(DEVICES)}, cuda:N), not {type(options['device_map']).__name__}")
+        asked["device_map="] = _device(options["device_map"], "device_map=")
+    if len(set(asked.values())) > 1:
+        raise ModelError("the model's options ask for different devices: "
+                         + ", ".join(f"{k} {v!r}" for k, v in asked.items()))
+    device = next(iter(asked.values()), None) or _from_environment(DEVICE_VARIABLE, _device) or "auto"
+    dtypes = {k: _dtype(options[k], f"{k}=") for k in ("dtype", "torch_dtype") if options.get(k) is not None}
+    if len(set(dtypes.values())) > 1:
+        raise ModelError(f"dtype= {options['dtype']!r} and torch_dtype= {options['torch_dtype']!r} disagree")
+    dtype = next(iter(dtypes.values()), None) or _from_environment(DTYPE_VARIABLE, _dtype) or "auto"
+    return device, dtype
+
+
+def _device(value: Any, where: str) -> str:
+    text = str(value).strip().lower()  # a torch.device prints as its name
+    kind, colon, number = text.partition(":")
+    if kind in DEVICES and (not colon or (kind == "cuda" and number.isdigit())):
+        return text
+    raise ModelError(f"{where} {value!r} is not a device: use {', '.join(DEVICES)} or cuda:N")
+
+
+def _dtype(value: Any, where: str) -> str:
+    text = str(value).strip().lower().removeprefix("torch.")  # torch.bfloat16 prints so
+    if text in DTYPES:
+        return DTYPES[text]
+    raise ModelError(f"{where} {value!r} is not a dtype: use auto, float32, float16 or bfloat16")
+
+
+def _from_environment(variable: str, parse) -> str | None:
+    value = os.environ.get(variable, "").strip()
+    return parse(value, f"the environment variable {variable}=") if value else None
 
 
 def _remote(name: str | None) -> str | None:
@@ -71,10 +141,11 @@ def _remote(name: str | None) -> str | None:
         full = full[len("local:"):]
     for prefix, what in REMOTE:
         if full.startswith(prefix):
-            return (f"model {name!r} is {what}: remote and llama.cpp models are not supported yet "
-                    f"(a serving-engine backend for OpenAI-compatible servers such as vLLM, SGLang "
-                    f"and llama.cpp's server is planned). Use a local model: a folder, a hub id in "
-                    f"your cache, 'local:NAME', 'random', or no model for the embedded default")
+            return (f"model {name!r} is {what}: not supported yet (hosted APIs enforce no constraint on "
+                    f"a prompt given as tokens). Serve an open model on a serving-engine (vLLM, SGLang, "
+                    f"llama.cpp's server) and name it by its URL, http://host:port/v1, or use a local "
+                    f"model: a folder, a hub id in your cache, 'local:NAME', 'random', or no model for "
+                    f"the embedded default")
     return None
 
 
@@ -86,23 +157,38 @@ def _check_options(name: str | None, options: dict[str, Any], known: frozenset[s
             raise ModelError(f"model {name or 'default'!r}: unknown option {key!r}{hint}")
 
 
+def is_nanogpt(path: Path) -> bool:
+    """Whether `path` names a nanoGPT checkpoint: a `.pt` file, or a folder holding `ckpt.pt` and no transformers config."""
+    if path.is_dir():
+        return (path / NANOGPT_CHECKPOINT).is_file() and not (path / "config.json").is_file()
+    return path.suffix.lower() == ".pt" and path.is_file()
+
+
 def check_name(name: str | None) -> None:
-    """Raise ModelError for a model name that cannot work, without importing torch: a missing path, a garbage `.gguf`, a folder with no config."""
+    """Raise ModelError for a model name that cannot work, without importing torch: a missing path,
+    a garbage `.gguf` or `.pt`, a folder with no config or checkpoint."""
     if name is None:
         return
     if not isinstance(name, str) or not name.strip():
         raise ModelError(f"a model is a folder, a .gguf file or a hub id, got {name!r}")
     path = Path(name).expanduser()
     if not path.exists():
-        if name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or name.endswith(".gguf"):
+        if name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or name.endswith((".gguf", ".pt")):
             raise ModelError(f"model {name!r}: no such file or directory")
         return  # a hub id
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"model {name!r}: {path} holds no transformers model (no config.json)")
+        if is_nanogpt(path):
+            _check_zip(path / NANOGPT_CHECKPOINT, name)
+        elif not (path / "config.json").is_file():
+            raise ModelError(f"model {name!r}: {path} holds no transformers model (no config.json) "
+                             f"and no nanoGPT checkpoint ({NANOGPT_CHECKPOINT})")
+        return
+    if is_nanogpt(path):
+        _check_zip(path, name)
         return
     if path.suffix.lower() != ".gguf":
-        raise ModelError(f"model {name!r} is a file: name a model folder (config.json, weights, tokenizer) or a .gguf file")
+        raise ModelError(f"model {name!r} is a file: name a model folder (config.json, weights, tokenizer), "
+                         "a .gguf file or a nanoGPT checkpoint (.pt)")
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -110,3 +196,15 @@ def check_name(name: str | None) -> None:
         raise ModelError(f"model {name!r} cannot be read: {e.strerror or e}") from None
     if head[:4] != GGUF_MAGIC or len(head) < 8 or not 1 <= int.from_bytes(head[4:8], "little") <= 3:
         raise ModelError(f"model {name!r} is not a valid GGUF file (it does not start with a GGUF header)")
+
+
+def _check_zip(path: Path, name: str) -> None:
+    # torch.save writes a zip archive (since torch 1.6): anything else is not a checkpoint we read.
+    import zipfile
+
+    try:
+        ok = zipfile.is_zipfile(path)
+    except OSError as e:
+        raise ModelError(f"model {name!r} cannot be read: {e.strerror or e}") from None
+    if not ok:
+        raise ModelError(f"model {name!r} is not a torch checkpoint (a .pt file that torch.save writes is a zip archive)")
