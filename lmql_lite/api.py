@@ -34,7 +34,9 @@ DECODER_KEYWORDS = frozenset({"decoder", "n", "temperature", "top_k", "top_p", "
 # Keywords about where the model runs (see `models.placement`), passed on to `lmql_lite.model(...)`.
 MODEL_KEYWORDS = frozenset({"device", "dtype"})
 # LMQL keywords about its API batching and console output: accepted, and mean nothing here.
-IGNORED_KEYWORDS = frozenset({"chunksize", "openai_chunksize", "output_writer", "verbose", "cache"})
+IGNORED_KEYWORDS = frozenset({"chunksize", "openai_chunksize", "output_writer", "verbose"})
+# Keywords about the run itself: `cache=` is the run cache (a folder, True for the default one, False: none).
+RUN_KEYWORDS = frozenset({"cache"})
 _SAMPLING = ("temperature", "top_k", "top_p")
 _SHARED = ("max_len", "max_tokens", "healing", "seed")
 
@@ -287,7 +289,7 @@ def _bind(program: compiler.Program, args: tuple, kwargs: dict[str, Any], what: 
             raise QueryArgumentError(f"{what} got two values for {key}", file=program.filename)
         if key in readable:
             bound[key] = value
-        elif key in DECODER_KEYWORDS or key in IGNORED_KEYWORDS or key in MODEL_KEYWORDS:
+        elif key in DECODER_KEYWORDS or key in IGNORED_KEYWORDS or key in MODEL_KEYWORDS or key in RUN_KEYWORDS:
             options[key] = value
         else:
             known = sorted(readable | DECODER_KEYWORDS | MODEL_KEYWORDS)
@@ -336,6 +338,8 @@ def run(source_or_path: str, *args: Any, model: Any = None, decoder: str | None 
     when the query reads them, else decoder options (`temperature=`, `n=`, `max_len=`, ...).
     `await lmql_lite.run(...)` gives LMQL's answer instead: the return value where there is one.
     `timeout` (seconds) bounds the whole run, model loading included: QueryTimeoutError past it.
+    `cache=` keeps the model's work across runs (docs/cache.md): a folder, True for the default one,
+    False for none; by default `LMQL_LITE_CACHE_RUNS` decides.
     """
     with Deadline(timeout, label="timeout") if timeout is not None else contextlib.nullcontext():
         program = load(source_or_path)
@@ -411,7 +415,7 @@ def _run(program, inputs, options, *, model=None, decoder=None, seed=None, on_te
     placement = {k: options.pop(k) for k in MODEL_KEYWORDS if k in options}
     results = run_compiled(program, inputs, model=model, decoder=options.pop("decoder", decoder),
                            seed=options.pop("seed", seed), on_text=on_text, trace=trace, scope=scope,
-                           events=events, detail=detail, **placement, **options)
+                           events=events, detail=detail, cache=options.pop("cache", None), **placement, **options)
     if isinstance(results, list):
         return Results(_lmql_result(r, program) for r in results)
     return _lmql_result(results, program)
@@ -420,7 +424,7 @@ def _run(program, inputs, options, *, model=None, decoder=None, seed=None, on_te
 def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: Any = None,
                  decoder: str | None = None, seed: int | None = None, on_text=None, trace: bool = False,
                  scope: dict[str, Any] | None = None, events=None, detail: int = 0, device: Any = None,
-                 dtype: Any = None, **options: Any):
+                 dtype: Any = None, cache: Any = None, **options: Any):
     env = {**(scope or {}), **inputs}  # what the decoder clause and `from` may read
     options = decoder_options(program, env, name=decoder, seed=seed, **options)
     m = resolve_model(program, env, model, {"device": device, "dtype": dtype})
@@ -428,7 +432,7 @@ def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: An
     token = _current_model.set(m)
     try:
         results = run_program(program, m, _index(m), options, _starts(program, rows, scope), on_text=on_text,
-                              record_tokens=trace, events=events, detail=detail)
+                              record_tokens=trace, events=events, detail=detail, cache=cache)
     finally:
         _current_model.reset(token)
     return results if options.several else results[0]
@@ -437,8 +441,8 @@ def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: An
 def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_size: int = 8, model: Any = None,
               seed: int | None = None, filename: str | None = None, timeout: float | None = None,
               return_errors: bool = False, device: Any = None, dtype: Any = None,
-              ray: bool | str | None = None,
-              workers: int | None = None) -> Iterator[tuple[int, _Result | list[_Result] | LmqlError]]:
+              ray: bool | str | None = None, workers: int | None = None,
+              cache: Any = None) -> Iterator[tuple[int, _Result | list[_Result] | LmqlError]]:
     """Run one query over many inputs, `batch_size` at a time in batched forward passes.
 
     Yields (input index, result) as each batch finishes, so a caller can save results as they come.
@@ -462,11 +466,13 @@ def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_si
             raise QueryArgumentError("with ray, say where the workers' model runs in the model itself "
                                      "(lmql_lite.model(NAME, device=..., dtype=...)) or with LMQL_LITE_DEVICE / "
                                      "LMQL_LITE_DTYPE: device= and dtype= are not passed to the workers")
+        if cache is not None and cache is not False:
+            raise QueryArgumentError("cache= is not passed to Ray workers yet: run without ray=, or without cache=")
         yield from _run_on_ray(program, rows, batch_size, model, seed, limit, return_errors, ray, workers)
         return
     if workers is not None:
         raise QueryArgumentError("workers= is the number of Ray workers: it needs ray=")
-    models: dict[str, Any] = {"placement": {"device": device, "dtype": dtype}}  # and the model, resolved once
+    models: dict[str, Any] = {"placement": {"device": device, "dtype": dtype}, "cache": cache}  # and the model, resolved once
     for start in range(0, len(rows), batch_size):
         with limit or contextlib.nullcontext():
             outcomes = _run_chunk(program, rows[start:start + batch_size], model, seed, models, return_errors)
@@ -525,13 +531,14 @@ def _run_chunk(program, chunk: list[dict[str, Any]], model, seed, models, return
 def _run_together(program, chunk: list[dict[str, Any]], model, seed, models) -> list:
     options = decoder_options(program, chunk[0], seed=seed)
     if not options.decoder.batches_inputs or options.n > 1:
-        return [run_compiled(program, row, model=model, seed=seed, **models["placement"]) for row in chunk]
+        return [run_compiled(program, row, model=model, seed=seed, cache=models["cache"], **models["placement"])
+                for row in chunk]
     if "model" not in models:
         models["model"] = resolve_model(program, chunk[0], model, models["placement"])
     m = models["model"]
     token = _current_model.set(m)
     try:
-        return run_program(program, m, _index(m), options, _starts(program, chunk))
+        return run_program(program, m, _index(m), options, _starts(program, chunk), cache=models["cache"])
     finally:
         _current_model.reset(token)
 
@@ -676,7 +683,7 @@ def _defining_scope(fn: Callable | None, frame) -> Callable[[], dict[str, Any]]:
 
 def _query_options(options: dict[str, Any], what: str) -> dict[str, Any]:
     for key in options:
-        if key not in DECODER_KEYWORDS | IGNORED_KEYWORDS | QUERY_KEYWORDS | MODEL_KEYWORDS:
+        if key not in DECODER_KEYWORDS | IGNORED_KEYWORDS | RUN_KEYWORDS | QUERY_KEYWORDS | MODEL_KEYWORDS:
             known = sorted(DECODER_KEYWORDS | QUERY_KEYWORDS | MODEL_KEYWORDS)
             hint = difflib.get_close_matches(key, known, 1)
             raise QueryArgumentError(f"{what}: unknown keyword {key}" + (f"; did you mean {hint[0]}?" if hint

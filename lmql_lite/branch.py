@@ -183,6 +183,7 @@ class Branch:
             try:
                 self.filling = Filling.begin(hole, self._resolver(hole), self.prompt, self.runner,
                                              self.frames[-1].program)
+                self.outcome.logprob += self.filling.logprob  # nonzero where the run cache replayed the hole
             except LmqlError:
                 raise
             except Exception as e:

@@ -19,6 +19,7 @@ import sys
 import threading
 import traceback
 import warnings
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                 args = _arguments().parse_args(argv)
             except SystemExit as e:  # --help, --version
                 return int(e.code or 0)
-            code = {"check": _check, "playground": _playground}.get(args.command, _run)(args)
+            code = {"check": _check, "playground": _playground, "cache": _cache}.get(args.command, _run)(args)
             sys.stdout.flush()
             return code
         except LmqlError as e:
@@ -119,6 +120,9 @@ def _arguments() -> argparse.ArgumentParser:
                           "on the cluster at ADDRESS ('auto', 'ray://host:10001'); needs pip install 'lmql_lite[ray]'")
     run.add_argument("--workers", type=int, help="with --ray: the number of workers, each with its own copy of the "
                                                  "model (default: one per node)")
+    run.add_argument("--cache", metavar="DIR", help="keep the model's work in the run cache in DIR and replay it "
+                     "(also LMQL_LITE_CACHE_RUNS=DIR, or =1 for the default folder; docs/cache.md)")
+    run.add_argument("--no-cache", action="store_true", help="no run cache, whatever LMQL_LITE_CACHE_RUNS says")
     run.add_argument("--debug", action="store_true", help="show Python tracebacks and the libraries' log messages")
     check = sub.add_parser("check", help="parse and statically check queries without loading a model")
     check.add_argument("files", nargs="+")
@@ -131,6 +135,12 @@ def _arguments() -> argparse.ArgumentParser:
                       help="allow a --host other machines can reach (they can run any Python here)")
     play.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
     play.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    runs = sub.add_parser("cache", help="the run cache: what it holds, or empty it")
+    runs.add_argument("action", choices=["info", "clear"])
+    runs.add_argument("folder", nargs="?", metavar="DIR",
+                      help="the cache folder (default: LMQL_LITE_CACHE_RUNS if it names one, else the user's cache)")
+    runs.add_argument("--json", action="store_true", help="info as one JSON document")
+    runs.add_argument("--debug", action="store_true", help="show Python tracebacks")
     return p
 
 
@@ -283,6 +293,8 @@ def _check_options(args) -> None:
     if args.ray:
         from .ray_batch import import_ray
         import_ray()  # without ray installed: say how to install it before any work
+    if args.cache is not None and args.no_cache:
+        raise QueryArgumentError("--cache keeps the model's work and --no-cache keeps none: choose one")
 
 
 # ---- showing text safely ------------------------------------------------------------------
@@ -416,12 +428,45 @@ def _run(args) -> int:
             result = api.run_compiled(program, inputs, model=args.model, seed=args.seed, on_text=printer,
                                       device=args.device, dtype=args.dtype,
                                       trace=args.trace, events=printer.event if watch else None,
-                                      detail=TRACE_TOP if args.trace else 0)
+                                      detail=TRACE_TOP if args.trace else 0, cache=_cache_setting(args))
     except (QueryTimeoutError, KeyboardInterrupt) as e:
         if not args.inputs:  # keep what was decoded: streamed already, or printed now
             _show_partial(args, printer, e)
         raise
     _show(args, result, printer.show)
+    return 0
+
+
+def _cache_setting(args):
+    """`--no-cache` (False), `--cache DIR`, or None: LMQL_LITE_CACHE_RUNS decides."""
+    return False if args.no_cache else args.cache
+
+
+def _cache(args) -> int:
+    """`lmql-lite cache info|clear [DIR]`."""
+    from . import runcache
+    folder = args.folder
+    if folder is None:
+        setting = runcache.from_setting(None)
+        folder = setting.folder if setting is not None else runcache.default_folder()
+    store = runcache.RunCache(folder)
+    if args.action == "clear":
+        try:
+            removed = store.clear()
+        except OSError as e:
+            raise LmqlError(str(e)) from None
+        print(f"removed {removed} entr{'y' if removed == 1 else 'ies'} from {store.path}")
+        return 0
+    info = store.info()
+    store.close()
+    if args.json:
+        print(_dumps(info, indent=2))
+        return 0
+    print(f"location:  {info['location']}{'' if Path(info['location']).exists() else ' (not created yet)'}")
+    print(f"entries:   {info['entries']}")
+    print(f"bytes:     {info['bytes']:,} in entries, {info['file_bytes']:,} on disk "
+          f"(bound {info['max_bytes']:,}, least recently used out first)")
+    print(f"hits:      {info['hits']}")
     return 0
 
 
@@ -488,7 +533,7 @@ def _result_doc(result, trace: bool) -> dict:
         t = result.trace
         doc["trace"] = {
             "forward_passes": t.forward_passes, "tokens_fed": t.tokens_fed, "prompt_tokens": t.prompt_tokens,
-            "generated_tokens": t.generated_tokens, "forced_tokens": t.forced_tokens,
+            "generated_tokens": t.generated_tokens, "forced_tokens": t.forced_tokens, "cached_tokens": t.cached_tokens,
             "mask_seconds": t.mask_seconds, "notes": list(t.notes),
             "tokens": [{"variable": r.variable, "token": r.token, "text": r.text, "allowed": r.allowed,
                         "how": r.how, "logprob": r.logprob, "seconds": r.seconds} for r in t.tokens or []]}
@@ -518,8 +563,9 @@ def _print_trace(result) -> None:
     """The run's counts, and a table of the result's token events (p, p_raw, mask size, how, time, alternatives)."""
     t = result.trace
     print(f"trace: {t.forward_passes} forward passes, {t.tokens_fed} tokens through the model "
-          f"({t.prompt_tokens} prompt, {t.generated_tokens} chosen, {t.forced_tokens} forced), "
-          f"masks {t.mask_seconds * 1000:.1f} ms", file=sys.stderr)
+          f"({t.prompt_tokens} prompt, {t.generated_tokens} chosen, {t.forced_tokens} forced"
+          + (f"; {t.cached_tokens} of them replayed from the run cache" if t.cached_tokens else "")
+          + f"), masks {t.mask_seconds * 1000:.1f} ms", file=sys.stderr)
     tokens = [e for e in t.events or [] if e.type == "token"]
     if not tokens:
         return
@@ -557,7 +603,8 @@ def _run_rows(args, program, shared: dict[str, Any], batch: tuple[list[int], lis
             for k, outcome in api.run_batch(program.query.source, [r for _, r in todo], batch_size=args.batch_size,
                                             model=args.model, seed=args.seed, filename=program.filename,
                                             return_errors=True, device=args.device, dtype=args.dtype,
-                                            ray=args.ray, workers=args.workers):
+                                            ray=args.ray, workers=args.workers,
+                                            cache=_cache_setting(args)):
                 index, row = todo[k]
                 if isinstance(outcome, LmqlError):
                     failed += 1

@@ -44,6 +44,7 @@ class Filling:
         self.wish: int | None = None       # the model's own pick among the tokens that would end the value
         self.cut = ""                      # "max_len" or "max_tokens" when one of them ended the hole
         self.watch: Watch | None = None    # while the runner is watching: the hole's events
+        self.record: tuple[str, list] | None = None  # (run cache key, [(token, logprob, how, allowed)...]) to keep
 
     @classmethod
     def begin(cls, hole: runtime.Hole, resolve: Callable[[str], Any], prompt: Prompt, runner, program) -> "Filling":
@@ -73,6 +74,8 @@ class Filling:
             raise filling.locate(ConstraintError(f"max_len={runner.options.max_len} is reached by the "
                                                  f"prompt before {hole.name} can be decoded"))
         filling.check_room()
+        if runner.replays is not None:  # the run cache: replay the hole, or record it to keep
+            runner.replays.begin(filling, term)
         return filling
 
     def check_room(self) -> None:
@@ -94,7 +97,7 @@ class Filling:
 
     def copy(self, prompt: Prompt) -> "Filling":
         twin = Filling.__new__(Filling)
-        twin.__dict__.update(self.__dict__, prompt=prompt, guide=self.guide.copy())
+        twin.__dict__.update(self.__dict__, prompt=prompt, guide=self.guide.copy(), record=None)
         return twin
 
     def locate(self, e: LmqlError) -> LmqlError:
@@ -170,6 +173,21 @@ class Filling:
         self.take(int(mask.ids[0]), 0.0, "forced", 1)
         return True
 
+    def replay(self, taken: list) -> bool:
+        """Take the tokens a run cache entry kept, if the guide allows each of them in turn (False: none taken)."""
+        probe = self.guide.copy()
+        try:
+            for tok, _, _, _ in taken:
+                if probe.is_finished() or not probe.allowed()[tok]:
+                    return False
+                probe.advance(tok)
+        except (LmqlError, IndexError, TypeError, ValueError):
+            return False
+        for tok, logprob, how, allowed in taken:
+            self.take(tok, logprob, "cached" if how == "chosen" else how, allowed)
+        self.prompt.trace.cached_tokens += len(taken)
+        return True
+
     # ---- a model on a server -----------------------------------------------------------
 
     def ask(self, row: int):
@@ -209,6 +227,8 @@ class Filling:
     def take(self, tok: int, logprob: float, how: str, allowed: int) -> None:
         """Append one token (chosen by the decoder or forced) to the hole."""
         trace = self.prompt.trace
+        if self.record is not None:
+            self.record[1].append((tok, logprob, how, allowed))
         healed = bool(self.heal_prefix) and len(self.prompt.tokens) == self.start  # the token re-spells the prompt's
         seconds = 0.0
         if trace.tokens is not None or self.watch is not None:
@@ -278,6 +298,8 @@ class Filling:
             w = self.watch
             w.report(events.HoleEnd, name=self.hole.name, value=value, text=text, reason=reason, tokens=w.taken,
                      passes=self.prompt.trace.forward_passes - w.passes)
+        if self.record is not None:
+            self.runner.replays.finish(self)
         return text, value
 
     def why_ended(self) -> tuple[str, str]:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from . import decoders
+from . import decoders, runcache
 from . import events as events_
 from .branch import Branch
 from .deadline import Expired
@@ -37,7 +37,7 @@ class Runner:
 
     def __init__(self, model, index: TokenIndex, options: DecoderOptions,
                  on_text: Callable[[int, str, str], None] | None = None, record_tokens: bool = False,
-                 events: Callable[[events_.Event], None] | None = None, detail: int = 0):
+                 events: Callable[[events_.Event], None] | None = None, detail: int = 0, cache: Any = None):
         self.model = model
         self.index = index
         self.options = options
@@ -46,6 +46,8 @@ class Runner:
         self.record_tokens = record_tokens
         self.events = events               # the event sink (events.py); None: no events are made
         self.detail = detail               # > 0: token events carry p_raw and the top `detail` alternatives
+        self.cache = cache                 # the run cache setting (runcache.from_setting)
+        self.replays: runcache.Replays | None = None
         self.eos_id = min(model.vocabulary.eos_ids) if model.vocabulary.eos_ids else None
         self.eos_ids = np.array(sorted(model.vocabulary.eos_ids), np.int64)
         self.after_text = _after_text(model.vocabulary)
@@ -86,6 +88,7 @@ class Runner:
             raise ModelError(f"beam decoding needs every row's logits under our masks, which {self.model.name} "
                              "(a model on a server) does not give; use argmax or sample")
         self._batch = None
+        self.replays = runcache.Replays.for_run(self.cache, self.model, self.options, self.decoder, len(starts))
         self.branches = [Branch(self, start, program, row) for row, (start, program) in enumerate(starts)]
         try:
             while active := self._settle():
@@ -207,6 +210,11 @@ class Runner:
         """Total log-probability of each candidate continuing `branch`'s prompt (`distribution`), SCORE_CHUNK at a time."""
         if self.served:
             return self.model.score(branch.prompt.tokens, candidates)
+        if self.replays is not None:
+            return self.replays.scores(branch.prompt.tokens, candidates, lambda: self._score(branch, candidates))
+        return self._score(branch, candidates)
+
+    def _score(self, branch: Branch, candidates: list[list[int]]) -> list[float]:
         self._forward([branch], masked=False)  # the row holds its whole prompt, and its logits
         totals = []
         for at in range(0, len(candidates), self.SCORE_CHUNK):
@@ -226,11 +234,12 @@ def _after_text(vocab) -> np.ndarray:
 
 def run_program(program, model, index: TokenIndex, options: DecoderOptions,
                 starts: list[tuple[Callable[[], Iterator], Any]], *, on_text=None,
-                record_tokens: bool = False, events=None, detail: int = 0) -> list[Result]:
+                record_tokens: bool = False, events=None, detail: int = 0, cache: Any = None) -> list[Result]:
     """Decode each start (a generator factory and its program) on `model`; one result each (n for beam).
 
     `events` receives the run's events (events.py) as they happen; `detail` > 0 adds p_raw and
     the top `detail` alternatives to token events (a full softmax per token: only when asked).
+    `cache`: the run cache (a folder, True for the default one; None: `LMQL_LITE_CACHE_RUNS` decides).
     """
     return Runner(model, index, options, on_text=on_text, record_tokens=record_tokens, events=events,
-                  detail=detail).run(starts)
+                  detail=detail, cache=cache).run(starts)

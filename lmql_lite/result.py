@@ -13,7 +13,7 @@ class TokenRecord:
     token: int
     text: str
     allowed: int          # tokens the mask allowed at this step (0 for forced tokens)
-    how: str              # "chosen" or "forced"
+    how: str              # "chosen", "forced" or "cached" (chosen in a run whose work the run cache kept)
     logprob: float        # under the masked distribution the decoder chose from
     seconds: float        # since the previous token of the hole (or its start): forward pass and choice
 
@@ -36,6 +36,7 @@ class Trace:
     prompt_tokens: int = 0     # tokens of prompt text (chat markers included)
     generated_tokens: int = 0  # hole tokens chosen by the decoder
     forced_tokens: int = 0     # hole tokens appended without a choice (fast-forward)
+    cached_tokens: int = 0     # hole tokens replayed from the run cache (counted above too, with no pass)
     mask_seconds: float = 0.0  # time spent building and applying masks
     notes: list[str] = field(default_factory=list)
     tokens: list[TokenRecord] | None = None

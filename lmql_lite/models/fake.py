@@ -1,6 +1,7 @@
 """A tiny deterministic language model for exact tests: a fixed vocabulary and logits that are a pure function of the last two tokens."""
 from __future__ import annotations
 
+import hashlib
 from typing import Sequence
 
 import numpy as np
@@ -44,6 +45,12 @@ class FakeModel:
         # Greedy longest match over the encodable (non-special, non-split) tokens.
         self._by_text = {s: i for i, s in enumerate(tokens) if i > 1}
         self._longest = max(len(s) for s in self._by_text)
+
+    def fingerprint(self) -> str:
+        """What its logits depend on (the run cache's model identity): vocabulary, seed and bias."""
+        h = hashlib.sha256(repr((self._strings, self._seed)).encode())
+        h.update(self._bias.tobytes())
+        return h.hexdigest()
 
     def logits_for(self, tokens: Sequence[int]) -> np.ndarray:
         """The model: logits after `tokens`, a function of the last two of them."""

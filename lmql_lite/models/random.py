@@ -35,6 +35,10 @@ class RandomModel:
         self.vocabulary: Vocabulary = vocabulary_from_tokenizer(self.tokenizer)
         self.bos_ids: list[int] = []
 
+    def fingerprint(self) -> str:
+        """Its logits depend on the seed alone (the vocabulary has a fingerprint of its own)."""
+        return f"seed={self.seed}"
+
     def logits_for(self, tokens: Sequence[int]) -> np.ndarray:
         """The model: standard-normal logits seeded by the seed and a checksum of `tokens`."""
         digest = zlib.crc32(np.asarray(tokens, dtype=np.int64).tobytes())

@@ -118,6 +118,12 @@ class TransformersModel:
         width = self.module.get_output_embeddings().weight.shape[0]
         return vocabulary_from_tokenizer(self.tokenizer, width, eos_ids=_config_eos_ids(self.module))
 
+    def fingerprint(self) -> str:
+        """A digest of the weights, the run cache's model identity (not the name): the weight files'
+        bytes and the config where the model came from a folder (each file read once, see
+        `cache.file_digest`), else the parameters in memory."""
+        return _weights_fingerprint(self.module)
+
     def encode(self, text: str, *, special: bool = False) -> list[int]:
         """Token ids of `text`, no special tokens added; with `special`, special tokens written in the text (chat markers) become their ids."""
         return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=not special)
@@ -467,6 +473,24 @@ def _config_eos_ids(module) -> list[int]:
         eos = getattr(source, "eos_token_id", None)
         ids += [eos] if isinstance(eos, int) else list(eos or [])
     return ids
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def _weights_fingerprint(module) -> str:
+    folder = Path(str(getattr(module.config, "_name_or_path", "") or ""))
+    files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES) if folder.is_dir() else []
+    h = hashlib.sha256(str(module.dtype).encode())
+    if files and (folder / "config.json").is_file():
+        for p in [*files, folder / "config.json"]:
+            h.update(f"{p.name} {cache.file_digest(p)}\n".encode())
+        return h.hexdigest()
+    with torch.inference_mode():
+        for name, tensor in module.state_dict().items():
+            h.update(name.encode() + str(tuple(tensor.shape)).encode())
+            h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 @functools.cache
