@@ -29,11 +29,11 @@ _default_model: list[Any] = [None]
 
 # Keywords a run takes besides the query's inputs: the decoder and its options (as LMQL names them).
 DECODER_KEYWORDS = frozenset({"decoder", "n", "temperature", "top_k", "top_p", "seed", "max_len", "max_tokens",
-                              "healing"})
+                              "healing", "speculate"})
 # LMQL keywords about its API batching and console output: accepted, and mean nothing here.
 IGNORED_KEYWORDS = frozenset({"chunksize", "openai_chunksize", "output_writer", "verbose", "cache"})
 _SAMPLING = ("temperature", "top_k", "top_p")
-_SHARED = ("max_len", "max_tokens", "healing", "seed")
+_SHARED = ("max_len", "max_tokens", "healing", "speculate", "seed")
 
 
 def model(name: str | None = None, **options: Any) -> LLM:
@@ -369,15 +369,18 @@ def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: An
 
 def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_size: int = 8, model: Any = None,
               seed: int | None = None, filename: str | None = None, timeout: float | None = None,
-              return_errors: bool = False) -> Iterator[tuple[int, _Result | list[_Result] | LmqlError]]:
+              return_errors: bool = False, speculate: bool | None = None,
+              ) -> Iterator[tuple[int, _Result | list[_Result] | LmqlError]]:
     """Run one query over many inputs, `batch_size` at a time in batched forward passes.
 
     Yields (input index, result) as each batch finishes, so a caller can save results as they come.
     With `return_errors`, a row that fails (a missing input, a constraint or runtime error) yields
     its LmqlError in place of a result and the other rows go on; a ModelError still ends the run.
     `timeout` (seconds) bounds the whole run; only the time spent inside the generator counts.
+    `speculate=False` turns speculative drafts off (docs/language.md, "Speculative drafts").
     """
     program = load(source_or_path, filename)
+    given = {"seed": seed, "speculate": speculate}
     rows = list(inputs)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise QueryArgumentError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
@@ -385,15 +388,15 @@ def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_si
     models: dict[str, Any] = {}  # the model, resolved once
     for start in range(0, len(rows), batch_size):
         with limit or contextlib.nullcontext():
-            outcomes = _run_chunk(program, rows[start:start + batch_size], model, seed, models, return_errors)
+            outcomes = _run_chunk(program, rows[start:start + batch_size], model, given, models, return_errors)
         for i, outcome in enumerate(outcomes):
             yield start + i, outcome
 
 
-def _run_chunk(program, chunk: list[dict[str, Any]], model, seed, models, return_errors: bool) -> list:
+def _run_chunk(program, chunk: list[dict[str, Any]], model, given, models, return_errors: bool) -> list:
     """The results of rows decoded together; with `return_errors`, a failing row's error in its place."""
     if not return_errors:
-        return _run_together(program, chunk, model, seed, models)
+        return _run_together(program, chunk, model, given, models)
     outcomes: list[Any] = [None] * len(chunk)
     for i, row in enumerate(chunk):  # a missing input fails before decoding: leave that row out
         try:
@@ -404,7 +407,7 @@ def _run_chunk(program, chunk: list[dict[str, Any]], model, seed, models, return
     if not ready:
         return outcomes
     try:
-        for i, result in zip(ready, _run_together(program, [chunk[i] for i in ready], model, seed, models)):
+        for i, result in zip(ready, _run_together(program, [chunk[i] for i in ready], model, given, models)):
             outcomes[i] = result
     except ModelError:
         raise
@@ -414,7 +417,7 @@ def _run_chunk(program, chunk: list[dict[str, Any]], model, seed, models, return
             return outcomes
         for i in ready:  # one of the rows failed: run each alone, so only the failing ones fail
             try:
-                (outcomes[i],) = _run_together(program, [chunk[i]], model, seed, models)
+                (outcomes[i],) = _run_together(program, [chunk[i]], model, given, models)
             except ModelError:
                 raise
             except LmqlError as e:
@@ -422,10 +425,10 @@ def _run_chunk(program, chunk: list[dict[str, Any]], model, seed, models, return
     return outcomes
 
 
-def _run_together(program, chunk: list[dict[str, Any]], model, seed, models) -> list:
-    options = decoder_options(program, chunk[0], seed=seed)
+def _run_together(program, chunk: list[dict[str, Any]], model, given, models) -> list:
+    options = decoder_options(program, chunk[0], **given)
     if not options.decoder.batches_inputs or options.n > 1:
-        return [run_compiled(program, row, model=model, seed=seed) for row in chunk]
+        return [run_compiled(program, row, model=model, **given) for row in chunk]
     if "model" not in models:
         models["model"] = resolve_model(program, chunk[0], model)
     m = models["model"]

@@ -97,6 +97,8 @@ def _arguments() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="print only the query's return value, as JSON")
     run.add_argument("--trace", action="store_true",
                      help="print a per-token table after the run (with --json: a \"trace\" in the document)")
+    run.add_argument("--no-speculate", dest="speculate", action="store_const", const=False, default=None,
+                     help="decode one token per forward pass: no speculative drafts (docs/language.md)")
     run.add_argument("--timeout", type=float,
                      help="stop the whole run (model loading included) after this many seconds (exit code 7)")
     run.add_argument("--no-color", action="store_true", help="no colours even on a terminal (also NO_COLOR=1)")
@@ -333,10 +335,10 @@ def _run(args) -> int:
             program = api.load(source, filename=args.file)
             if batch is not None:
                 return _run_rows(args, program, inputs, batch)
-            options = api.decoder_options(program, inputs, seed=args.seed)
+            options = api.decoder_options(program, inputs, seed=args.seed, speculate=args.speculate)
             printer.show = not (args.json or args.quiet) and options.n == 1
-            result = api.run_compiled(program, inputs, model=args.model, seed=args.seed, on_text=printer,
-                                      trace=args.trace)
+            result = api.run_compiled(program, inputs, model=args.model, seed=args.seed, speculate=args.speculate,
+                                      on_text=printer, trace=args.trace)
     except QueryTimeoutError as e:
         if not args.inputs:
             _show_partial(args, printer, e)
@@ -404,7 +406,8 @@ def _result_doc(result, trace: bool) -> dict:
         doc["trace"] = {
             "forward_passes": t.forward_passes, "tokens_fed": t.tokens_fed, "prompt_tokens": t.prompt_tokens,
             "generated_tokens": t.generated_tokens, "forced_tokens": t.forced_tokens,
-            "mask_seconds": t.mask_seconds, "notes": list(t.notes),
+            "mask_seconds": t.mask_seconds, "drafted_tokens": t.drafted_tokens,
+            "accepted_tokens": t.accepted_tokens, "rejected_tokens": t.rejected_tokens, "notes": list(t.notes),
             "tokens": [{"variable": r.variable, "token": r.token, "text": r.text, "allowed": r.allowed,
                         "how": r.how, "logprob": r.logprob, "seconds": r.seconds} for r in t.tokens or []]}
     return doc
@@ -433,7 +436,9 @@ def _print_trace(result) -> None:
     t = result.trace
     print(f"trace: {t.forward_passes} forward passes, {t.tokens_fed} tokens through the model "
           f"({t.prompt_tokens} prompt, {t.generated_tokens} chosen, {t.forced_tokens} forced), "
-          f"masks {t.mask_seconds * 1000:.1f} ms", file=sys.stderr)
+          f"masks {t.mask_seconds * 1000:.1f} ms"
+          + (f", drafts {t.drafted_tokens} tokens ({t.accepted_tokens} accepted, {t.rejected_tokens} rejected)"
+             if t.drafted_tokens else ""), file=sys.stderr)
     if t.tokens:
         print(f"{'variable':<12} {'token':<16} {'allowed':>8} {'how':<7} {'logprob':>8} {'ms':>8}", file=sys.stderr)
         for rec in t.tokens:
@@ -464,7 +469,7 @@ def _run_rows(args, program, shared: dict[str, Any], batch: tuple[list[int], lis
         try:
             for k, outcome in api.run_batch(program.query.source, [r for _, r in todo], batch_size=args.batch_size,
                                             model=args.model, seed=args.seed, filename=program.filename,
-                                            return_errors=True):
+                                            return_errors=True, speculate=args.speculate):
                 index, row = todo[k]
                 if isinstance(outcome, LmqlError):
                     failed += 1
