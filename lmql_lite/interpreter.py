@@ -147,7 +147,7 @@ class Runner:
         for b in active:
             begins = len(b.prompt.tokens)
             held[b] = (begins + len(drafts.get(b, [])) - max(len(feeds[b.row]), 1), begins)
-        going = set(active)
+        going = list(active)
         while going:
             t0 = time.perf_counter()
             logits = np.zeros((len(self.branches), out[0].shape[1]), np.float32)
@@ -155,7 +155,7 @@ class Runner:
             for b in self.branches:
                 at = self._position(b, held[b][0], len(out[b.row])) if b in going else None
                 if at is None:
-                    going.discard(b)
+                    going = [g for g in going if g is not b]
                     rows.append(decoders.Row(b.row, None))
                     continue
                 logits[b.row] = out[b.row][at]
