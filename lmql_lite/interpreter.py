@@ -193,7 +193,10 @@ class Runner:
             common += 1
         self.batch.truncate(b.row, common)
         b.prompt.fed = common
-        b.trace.accepted_tokens += min(max(common - drafted_from, 0), len(fed) - drafted_from)
+        accepted = min(max(common - drafted_from, 0), len(fed) - drafted_from)
+        b.trace.accepted_tokens += accepted
+        if accepted == 0 and len(fed) > drafted_from and b.filling is not None:
+            self.drafter.rejected(b.filling)
 
     def _few_allowed(self, b: Branch) -> np.ndarray | None:
         """The ids `b`'s mask allows, when they are few (an eighth of the vocabulary at most), else None.

@@ -81,14 +81,33 @@ class Drafter:
     """Per run: builds each hole's draft from a proposer, under the hole's constraint and budgets."""
 
     def __init__(self, proposer: Proposer, encode: Callable[[str], list[int]], eos_ids: frozenset[int],
-                 longest: int = 8, queued_limit: int = 8):
-        self.proposer, self.encode, self.eos_ids = proposer, encode, eos_ids
+                 longest: int = 8, queued_limit: int = 8, pause: int = 4):
+        self.proposer, self._encode, self.eos_ids = proposer, encode, eos_ids
         self.longest = longest            # draft tokens per pass at most
         self.queued_limit = queued_limit  # a pass that feeds more (a prompt) takes no draft: every position costs logits
+        self.pause = pause                # passes a hole goes without drafts after one was wholly rejected
+        self._paused: dict[int, int] = {}   # id(filling) → passes left without drafts
+        self._spelt: dict[str, list[int]] = {}  # forced text → its tokens (the same text recurs pass after pass)
+
+    def encode(self, text: str) -> list[int]:
+        ids = self._spelt.get(text)
+        if ids is None:
+            if len(self._spelt) > 256:
+                self._spelt.clear()
+            ids = self._spelt[text] = self._encode(text)
+        return list(ids)
+
+    def rejected(self, filling) -> None:
+        """A draft of `filling`'s hole was wholly rejected: its next drafts wait a few passes (a miss costs a wider pass)."""
+        self._paused[id(filling)] = self.pause
 
     def draft(self, filling, tokens: list[int], room: int) -> list[int]:
         """The draft for `filling`'s hole after `tokens` (the row's sequence), `room` tokens at most."""
         room = min(room, self.longest)
+        left = self._paused.get(id(filling), 0)
+        if left:
+            self._paused[id(filling)] = left - 1
+            return []
         guide = filling.guide.copy()
         out: list[int] = []
         proposal: list[int] = []
