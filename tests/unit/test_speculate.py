@@ -198,3 +198,17 @@ def test_beam_and_default_sampling_do_not_draft(fake):
         r = run(f'{head}\n"{PAGE}\\nThe speaker is[A]" where len(TOKENS(A)) < 6\n', fake)
         for result in (r if isinstance(r, list) else [r]):
             assert result.trace.drafted_tokens == 0
+
+
+def test_token_events_with_drafts_are_those_without(fake):
+    """Watched runs (`--trace`, the playground) draft too, and report every token as a one-token pass would."""
+    first = run(f'"Once[A]" where {COPYABLE}\n', fake, speculate=False).variables["A"]
+    program = api.load(f'"Notes: Once{first}\\nAgain: Once[A]" where {COPYABLE}\n')
+    seen = {}
+    for speculate_ in (None, False):
+        got = []
+        runner = Runner(fake, api._index(fake), DecoderOptions(speculate=speculate_), events=got.append, detail=3)
+        (result,) = runner.run(api._starts(program, [{}]))
+        seen[speculate_] = ([(e.id, e.how, round(e.p_raw or 0, 5), [a.id for a in e.top])
+                             for e in got if e.type == "token"], result.trace.drafted_tokens)
+    assert seen[None][0] == seen[False][0] and seen[None][1] > 0 and seen[False][1] == 0
