@@ -30,7 +30,7 @@ _default_model: list[Any] = [None]
 
 # Keywords a run takes besides the query's inputs: the decoder and its options (as LMQL names them).
 DECODER_KEYWORDS = frozenset({"decoder", "n", "temperature", "top_k", "top_p", "seed", "max_len", "max_tokens",
-                              "healing"})
+                              "healing", "speculate"})
 # Keywords about where the model runs (see `models.placement`), passed on to `lmql_lite.model(...)`.
 MODEL_KEYWORDS = frozenset({"device", "dtype"})
 # LMQL keywords about its API batching and console output: accepted, and mean nothing here.
@@ -38,7 +38,7 @@ IGNORED_KEYWORDS = frozenset({"chunksize", "openai_chunksize", "output_writer", 
 # Keywords about the run itself: `cache=` is the run cache (a folder, True for the default one, False: none).
 RUN_KEYWORDS = frozenset({"cache"})
 _SAMPLING = ("temperature", "top_k", "top_p")
-_SHARED = ("max_len", "max_tokens", "healing", "seed")
+_SHARED = ("max_len", "max_tokens", "healing", "speculate", "seed")
 
 
 def model(name: str | None = None, **options: Any) -> LLM:
@@ -442,7 +442,7 @@ def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_si
               seed: int | None = None, filename: str | None = None, timeout: float | None = None,
               return_errors: bool = False, device: Any = None, dtype: Any = None,
               ray: bool | str | None = None, workers: int | None = None,
-              cache: Any = None) -> Iterator[tuple[int, _Result | list[_Result] | LmqlError]]:
+              cache: Any = None, speculate: bool | None = None) -> Iterator[tuple[int, _Result | list[_Result] | LmqlError]]:
     """Run one query over many inputs, `batch_size` at a time in batched forward passes.
 
     Yields (input index, result) as each batch finishes, so a caller can save results as they come.
@@ -455,8 +455,11 @@ def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_si
     on `workers` Ray actors (default: one per node), each with its own copy of the model; results
     then come in the order they finish. A row whose worker dies is run once more on a fresh
     worker, then given a WorkerError (see docs/engines.md).
+
+    `speculate=False` turns speculative drafts off (docs/language.md, "Speculative drafts").
     """
     program = load(source_or_path, filename)
+    given = {"seed": seed, "speculate": speculate}
     rows = list(inputs)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise QueryArgumentError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
@@ -475,7 +478,7 @@ def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_si
     models: dict[str, Any] = {"placement": {"device": device, "dtype": dtype}, "cache": cache}  # and the model, resolved once
     for start in range(0, len(rows), batch_size):
         with limit or contextlib.nullcontext():
-            outcomes = _run_chunk(program, rows[start:start + batch_size], model, seed, models, return_errors)
+            outcomes = _run_chunk(program, rows[start:start + batch_size], model, given, models, return_errors)
         for i, outcome in enumerate(outcomes):
             yield start + i, outcome
 
@@ -496,10 +499,10 @@ def _run_on_ray(program, rows, batch_size, model, seed, limit, return_errors, ad
                                address=address, workers=workers)
 
 
-def _run_chunk(program, chunk: list[dict[str, Any]], model, seed, models, return_errors: bool) -> list:
+def _run_chunk(program, chunk: list[dict[str, Any]], model, given, models, return_errors: bool) -> list:
     """The results of rows decoded together; with `return_errors`, a failing row's error in its place."""
     if not return_errors:
-        return _run_together(program, chunk, model, seed, models)
+        return _run_together(program, chunk, model, given, models)
     outcomes: list[Any] = [None] * len(chunk)
     for i, row in enumerate(chunk):  # a missing input fails before decoding: leave that row out
         try:
@@ -510,7 +513,7 @@ def _run_chunk(program, chunk: list[dict[str, Any]], model, seed, models, return
     if not ready:
         return outcomes
     try:
-        for i, result in zip(ready, _run_together(program, [chunk[i] for i in ready], model, seed, models)):
+        for i, result in zip(ready, _run_together(program, [chunk[i] for i in ready], model, given, models)):
             outcomes[i] = result
     except ModelError:
         raise
@@ -520,7 +523,7 @@ def _run_chunk(program, chunk: list[dict[str, Any]], model, seed, models, return
             return outcomes
         for i in ready:  # one of the rows failed: run each alone, so only the failing ones fail
             try:
-                (outcomes[i],) = _run_together(program, [chunk[i]], model, seed, models)
+                (outcomes[i],) = _run_together(program, [chunk[i]], model, given, models)
             except ModelError:
                 raise
             except LmqlError as e:
@@ -528,10 +531,10 @@ def _run_chunk(program, chunk: list[dict[str, Any]], model, seed, models, return
     return outcomes
 
 
-def _run_together(program, chunk: list[dict[str, Any]], model, seed, models) -> list:
-    options = decoder_options(program, chunk[0], seed=seed)
+def _run_together(program, chunk: list[dict[str, Any]], model, given, models) -> list:
+    options = decoder_options(program, chunk[0], **given)
     if not options.decoder.batches_inputs or options.n > 1:
-        return [run_compiled(program, row, model=model, seed=seed, cache=models["cache"], **models["placement"])
+        return [run_compiled(program, row, model=model, cache=models["cache"], **given, **models["placement"])
                 for row in chunk]
     if "model" not in models:
         models["model"] = resolve_model(program, chunk[0], model, models["placement"])

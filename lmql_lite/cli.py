@@ -105,6 +105,8 @@ def _arguments() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="print only the query's return value, as JSON")
     run.add_argument("--trace", action="store_true",
                      help="print a per-token table after the run (with --json: a \"trace\" in the document)")
+    run.add_argument("--no-speculate", dest="speculate", action="store_const", const=False, default=None,
+                     help="decode one token per forward pass: no speculative drafts (docs/language.md)")
     run.add_argument("--timeout", type=float,
                      help="stop the whole run (model loading included) after this many seconds (exit code 7)")
     run.add_argument("--no-color", action="store_true", help="no colours even on a terminal (also NO_COLOR=1)")
@@ -421,11 +423,11 @@ def _run(args) -> int:
             program = api.load(source, filename=args.file)
             if batch is not None:
                 return _run_rows(args, program, inputs, batch)
-            options = api.decoder_options(program, inputs, seed=args.seed)
+            options = api.decoder_options(program, inputs, seed=args.seed, speculate=args.speculate)
             printer.show = not (args.json or args.quiet) and options.n == 1
             printer.tokens = printer.show and sys.stdout.isatty()  # a pipe gets each value whole
             watch = printer.tokens or args.trace
-            result = api.run_compiled(program, inputs, model=args.model, seed=args.seed, on_text=printer,
+            result = api.run_compiled(program, inputs, model=args.model, seed=args.seed, speculate=args.speculate, on_text=printer,
                                       device=args.device, dtype=args.dtype,
                                       trace=args.trace, events=printer.event if watch else None,
                                       detail=TRACE_TOP if args.trace else 0, cache=_cache_setting(args))
@@ -534,7 +536,8 @@ def _result_doc(result, trace: bool) -> dict:
         doc["trace"] = {
             "forward_passes": t.forward_passes, "tokens_fed": t.tokens_fed, "prompt_tokens": t.prompt_tokens,
             "generated_tokens": t.generated_tokens, "forced_tokens": t.forced_tokens, "cached_tokens": t.cached_tokens,
-            "mask_seconds": t.mask_seconds, "notes": list(t.notes),
+            "mask_seconds": t.mask_seconds, "drafted_tokens": t.drafted_tokens,
+            "accepted_tokens": t.accepted_tokens, "rejected_tokens": t.rejected_tokens, "notes": list(t.notes),
             "tokens": [{"variable": r.variable, "token": r.token, "text": r.text, "allowed": r.allowed,
                         "how": r.how, "logprob": r.logprob, "seconds": r.seconds} for r in t.tokens or []]}
     return doc
@@ -565,7 +568,9 @@ def _print_trace(result) -> None:
     print(f"trace: {t.forward_passes} forward passes, {t.tokens_fed} tokens through the model "
           f"({t.prompt_tokens} prompt, {t.generated_tokens} chosen, {t.forced_tokens} forced"
           + (f"; {t.cached_tokens} of them replayed from the run cache" if t.cached_tokens else "")
-          + f"), masks {t.mask_seconds * 1000:.1f} ms", file=sys.stderr)
+          + f"), masks {t.mask_seconds * 1000:.1f} ms"
+          + (f", drafts {t.drafted_tokens} tokens ({t.accepted_tokens} accepted, {t.rejected_tokens} rejected)"
+             if t.drafted_tokens else ""), file=sys.stderr)
     tokens = [e for e in t.events or [] if e.type == "token"]
     if not tokens:
         return
@@ -604,7 +609,7 @@ def _run_rows(args, program, shared: dict[str, Any], batch: tuple[list[int], lis
                                             model=args.model, seed=args.seed, filename=program.filename,
                                             return_errors=True, device=args.device, dtype=args.dtype,
                                             ray=args.ray, workers=args.workers,
-                                            cache=_cache_setting(args)):
+                                            cache=_cache_setting(args), speculate=args.speculate):
                 index, row = todo[k]
                 if isinstance(outcome, LmqlError):
                     failed += 1

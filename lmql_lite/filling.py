@@ -14,6 +14,7 @@ from .constraints.base import Guide, Mask
 from .errors import ConstraintError, LmqlError
 from .prompt import Prompt
 from .result import CUT, HoleEnd, TokenRecord
+from .speculate import forced_tokens
 
 
 @dataclass
@@ -120,6 +121,14 @@ class Filling:
 
     # ---- what needs no forward pass ----------------------------------------------------
 
+    def room(self) -> int:
+        """Tokens the hole may still take before a budget (max_len, max_tokens) ends it."""
+        options, used = self.runner.options, len(self.prompt.tokens)
+        room = options.max_len - used
+        if options.max_tokens is not None:
+            room = min(room, options.max_tokens - (used - self.start))
+        return room
+
     def budget_spent(self) -> bool:
         options, used = self.runner.options, len(self.prompt.tokens)
         if used >= options.max_len:
@@ -142,20 +151,10 @@ class Filling:
         Unless the forced text completes the hole, its last token is held back: the text that
         follows may merge with it (a forced " " before "neutral" is better written " neutral").
         """
-        forced = self.guide.forced()
-        if not forced:
+        ids, finishes = forced_tokens(self.guide, self.runner.model.encode)
+        if not ids:
             return False
-        try:
-            text = forced.decode("utf-8")
-        except UnicodeDecodeError:
-            return False
-        ids = self.runner.model.encode(text)
-        probe = self.guide.copy()
-        for tok in ids:
-            if not probe.allowed()[tok]:
-                return False  # the tokenizer spells it in a way the guide does not allow
-            probe.advance(tok)
-        if not probe.is_finished():
+        if not finishes:
             ids = ids[:-1]
         appended = False
         for tok in ids:

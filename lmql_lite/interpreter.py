@@ -9,9 +9,14 @@ Every decoder goes through the same loop (`Runner.run`):
 2. forward: one pass over all rows, each fed the tokens it queued → numpy logits (rows, vocab);
 3. step: the decoder picks the next rows from the masked logits, (parent_row, token, logprob);
 4. apply: rows the decoder dropped or continued twice are selected (forks), then each takes its token.
+
+With speculative drafts (speculate.py), a pass may also feed each row a draft after its queued
+tokens; steps 3 and 4 then repeat at each draft position while the decoder agrees with it
+(`_verify`), and the rejected positions are truncated.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from . import decoders, runcache
+from . import decoders, runcache, speculate
 from . import events as events_
 from .branch import Branch
 from .deadline import Expired
@@ -53,6 +58,7 @@ class Runner:
         self.after_text = _after_text(model.vocabulary)
         # A model on a server (models/remote.py) fills each hole with one request, not token by token.
         self.served = callable(getattr(model, "fill", None))
+        self.drafter = speculate.for_options(options, model)  # None: one token per pass
         self._batch = None
         self.branches: list[Branch] = []
 
@@ -94,6 +100,9 @@ class Runner:
             while active := self._settle():
                 if self.served:
                     self._ask(active)                                # one request per row's hole, all at once
+                    continue
+                if drafts := self._drafts(active):
+                    self._verify(active, drafts)                     # several tokens from one pass
                     continue
                 logits = self._forward(active, masked=not self.detail)  # (rows, vocab) float32
                 if self.detail:
@@ -152,6 +161,88 @@ class Runner:
             return np.broadcast_to(logits, (rows, logits.shape[1]))
         return self.batch.step(feeds, only=only)
 
+    # ---- speculative drafts -------------------------------------------------------------
+
+    def _drafts(self, active: list[Branch]) -> dict[Branch, list[int]]:
+        """Each active branch's draft for this pass (none when no row has one, or a row feeds a prompt)."""
+        d = self.drafter
+        if d is None or any(len(b.prompt.tokens) - b.prompt.fed > d.queued_limit for b in active):
+            return {}
+        drafts = {b: d.draft(b.filling, b.prompt.tokens, b.filling.room() - 1) for b in active}
+        return {b: draft for b, draft in drafts.items() if draft}
+
+    def _verify(self, active: list[Branch], drafts: dict[Branch, list[int]]) -> None:
+        """One pass over each row's queued tokens and its draft; the decoder chooses at each position in turn.
+
+        A branch goes on while its tokens are a prefix of what its row was fed: then the logits
+        after its last token are at hand. It stops at the first choice that differs from the draft,
+        or when its hole ends; the row then forgets every position the branch did not keep.
+        """
+        feeds: list[list[int]] = [[] for _ in self.branches]
+        for b in active:
+            draft = drafts.get(b, [])
+            feeds[b.row] = b.prompt.queued() + draft
+            b.trace.forward_passes += 1
+            b.trace.tokens_fed += len(feeds[b.row])
+            b.trace.drafted_tokens += len(draft)
+        out = self.batch.step_all(feeds)                              # per row (len(feed), vocab)
+        # per branch: (the index in its row of the token whose logits are out[row][0], where its draft begins)
+        held = {}
+        for b in active:
+            begins = len(b.prompt.tokens)
+            held[b] = (begins + len(drafts.get(b, [])) - max(len(feeds[b.row]), 1), begins)
+        going = list(active)
+        while going:
+            t0 = time.perf_counter()
+            logits = np.zeros((len(self.branches), out[0].shape[1]), np.float32)
+            rows = []
+            for b in self.branches:
+                at = self._position(b, held[b][0], len(out[b.row])) if b in going else None
+                if at is None:
+                    going = [g for g in going if g is not b]
+                    rows.append(decoders.Row(b.row, None))
+                    continue
+                logits[b.row] = out[b.row][at]
+                row_tokens = self.batch.tokens(b.row)
+                draft = row_tokens[len(b.prompt.tokens)] if len(b.prompt.tokens) < len(row_tokens) else None
+                rows.append(dataclasses.replace(b.decode_row(), draft=draft))
+            if not going:
+                break
+            if self.detail:
+                self._look(going, logits)                            # the unmasked distribution, for events
+            logits = self._with_ends(logits, rows)
+            choices = self.decoder.step(logits, rows)
+            spent = (time.perf_counter() - t0) / len(going)
+            for b in going:
+                b.trace.mask_seconds += spent
+            self._apply(choices)
+            for b in going:
+                b.settle()
+        for b in active:
+            self._keep(b, held[b][1])
+
+    def _position(self, b: Branch, first: int, n: int) -> int | None:
+        """Where in its row's logits the logits after `b`'s last token are; None when they are not there."""
+        tokens, fed = b.prompt.tokens, self.batch.tokens(b.row)
+        at = len(tokens) - 1 - first
+        if not b.needs_logits() or not 0 <= at < n or len(tokens) > len(fed) or fed[:len(tokens)] != tokens:
+            return None
+        return at
+
+    def _keep(self, b: Branch, drafted_from: int) -> None:
+        """Truncate `b`'s row to the tokens it kept; count the draft tokens kept."""
+        tokens, fed = b.prompt.tokens, self.batch.tokens(b.row)
+        common = 0
+        for mine, theirs in zip(tokens, fed):
+            if mine != theirs:
+                break
+            common += 1
+        self.batch.truncate(b.row, common)
+        b.prompt.fed = common
+        accepted = min(max(common - drafted_from, 0), len(fed) - drafted_from)
+        b.trace.accepted_tokens += accepted
+        if accepted == 0 and len(fed) > drafted_from and b.filling is not None:
+            self.drafter.rejected(b.filling)
     def _look(self, active: list[Branch], logits: np.ndarray) -> None:
         """Each active branch's unmasked distribution and its `detail` likeliest ids, before the mask and ends touch the logits."""
         k = min(self.detail, logits.shape[1])

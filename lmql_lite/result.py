@@ -38,10 +38,17 @@ class Trace:
     forced_tokens: int = 0     # hole tokens appended without a choice (fast-forward)
     cached_tokens: int = 0     # hole tokens replayed from the run cache (counted above too, with no pass)
     mask_seconds: float = 0.0  # time spent building and applying masks
+    drafted_tokens: int = 0    # speculative draft tokens fed to the model
+    accepted_tokens: int = 0   # of them, those the result kept (the rest were rejected and truncated)
     notes: list[str] = field(default_factory=list)
     tokens: list[TokenRecord] | None = None
     ends: list[HoleEnd] = field(default_factory=list)
     events: list | None = None  # the result's events (events.py), kept by a run with trace or events
+
+    @property
+    def rejected_tokens(self) -> int:
+        """Draft tokens fed to the model and then truncated."""
+        return self.drafted_tokens - self.accepted_tokens
 
 
 @dataclass

@@ -121,6 +121,22 @@ class FakeBatch:
                 out[r] = kept
         return out
 
+    def step_all(self, feeds: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        if len(feeds) != len(self._rows):
+            raise ValueError(f"step_all() got {len(feeds)} feeds for {len(self._rows)} rows")
+        self.forward_passes += 1
+        out = []
+        for row, feed in zip(self._rows, feeds):
+            steps = []
+            for token in feed:
+                row.append(token)
+                steps.append(self.model.logits_for(row))
+            self.tokens_fed += len(feed)
+            if not steps:
+                steps.append(self.model.logits_for(row) if row else np.zeros(len(self.model.vocabulary), np.float32))
+            out.append(np.array(steps, np.float32))
+        return out
+
     def score(self, row: int, continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
         prefix = self._rows[row]
         self.forward_passes += 1

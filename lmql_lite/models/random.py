@@ -66,7 +66,7 @@ class RandomModel:
 class RandomBatch(FakeBatch):
     """Rows of token lists; each step draws every row's logits afresh from its tokens.
 
-    The fake batch's rows, truncate, select and tokens; its own step (it computes every logit,
+    The fake batch's rows, truncate, select, tokens and step_all; its own step (it computes every logit,
     whatever `only` asks) and score (no logits before the first token).
     """
 

@@ -282,6 +282,17 @@ class TransformersBatch:
         last = self._run(feeds, False, only)
         return (last.clone() if last.device.type == "cpu" else last.cpu()).numpy()  # the caller's own copy
 
+    def step_all(self, feeds: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """`step` with the logits after every token fed: per row (len(feed), vocab); (1, vocab) for a row fed nothing."""
+        # A truncated row fed nothing has no logits at hand: its last token is fed again, and only its logits kept.
+        again = [not feed and not self._fresh[row] and bool(self._rows[row]) for row, feed in enumerate(feeds)]
+        inputs = [self._back_up(row) if back else list(feed) for row, (feed, back) in enumerate(zip(feeds, again))]
+        if not any(inputs):
+            last = self._previous()
+            return [last[row:row + 1].numpy().copy() for row in range(len(inputs))]
+        out = self._run(inputs, True)
+        return [(out[row] if inputs[row] else self._last[row:row + 1]).numpy().copy() for row in range(len(inputs))]
+
     @torch.inference_mode()
     def score(self, row: int, continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Log-probabilities of each continuation's tokens after `row`, in one pass over copies of the row."""
