@@ -97,6 +97,8 @@ class FakeModel:
 class FakeBatch:
     """Rows of token lists; every step recomputes logits from each row's tokens (no cache to get wrong)."""
 
+    sparse = True  # honour `only=` as a sparse output head would (-inf outside it)
+
     def __init__(self, model: FakeModel, rows: int):
         self.model = model
         self._rows: list[list[int]] = [[] for _ in range(rows)]
@@ -114,7 +116,7 @@ class FakeBatch:
             if not row:
                 continue
             out[r] = self.model.logits_for(row)
-            if only is not None and only[r] is not None:
+            if self.sparse and only is not None and only[r] is not None:
                 # Like a real model's sparse output head: the logits outside `only` are not computed.
                 kept = np.full(out.shape[1], -np.inf, np.float32)
                 kept[only[r]] = out[r, only[r]]

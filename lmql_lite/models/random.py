@@ -66,21 +66,11 @@ class RandomModel:
 class RandomBatch(FakeBatch):
     """Rows of token lists; each step draws every row's logits afresh from its tokens.
 
-    The fake batch's rows, truncate, select, tokens and step_all; its own step (it computes every logit,
-    whatever `only` asks) and score (no logits before the first token).
+    The fake batch's rows, truncate, select, tokens, step and step_all (with every logit computed,
+    whatever `only` asks); its own score (no logits before the first token).
     """
 
-    def step(self, feeds: Sequence[Sequence[int]], only=None) -> np.ndarray:
-        if len(feeds) != len(self._rows):
-            raise ValueError(f"step() got {len(feeds)} feeds for {len(self._rows)} rows")
-        self.forward_passes += 1
-        out = np.zeros((len(self._rows), len(self.model.vocabulary)), np.float32)
-        for r, (row, feed) in enumerate(zip(self._rows, feeds)):
-            row.extend(feed)
-            self.tokens_fed += len(feed)
-            if row:
-                out[r] = self.model.logits_for(row)
-        return out
+    sparse = False  # every logit is computed, whatever `only` asks
 
     def score(self, row: int, continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
         prefix = self._rows[row]
