@@ -4,6 +4,7 @@ Run:  python bench/run.py                 table (7 repetitions after a warm-up, 
       python bench/run.py --json          one JSON document (per-query ratio, median_ratio, max_ratio, ...)
       python bench/run.py --quick         smoke run: 1 repetition, no cold-start measurement
       python bench/run.py --profile       also cProfile lmql_lite over the suite (top functions)
+      python bench/run.py --engine llama.cpp   the suite on the llama.cpp engine (see bench/on_llamacpp.py)
 Options: --reps N, --threads N (torch threads for both sides), --only name,name, --no-cold, --no-subprocess.
 
 For each query of the suite (common.SUITE), in one process and one run:
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -372,7 +374,18 @@ def main() -> int:
     ap.add_argument("--no-subprocess", dest="subprocess", action="store_false",
                     help="skip load time, check time and memory (fresh processes)")
     ap.add_argument("--profile", action="store_true", help="cProfile lmql_lite over the suite afterwards")
+    ap.add_argument("--engine", choices=("transformers", "llama.cpp"), default="transformers",
+                    help="the engine lmql_lite runs on (llama.cpp: against raw llama-cpp-python and raw transformers)")
     args = ap.parse_args()
+    if args.engine == "llama.cpp":
+        import on_llamacpp
+        doc = on_llamacpp.main(args)
+        if args.json:
+            print(json.dumps(doc, indent=1))
+        else:
+            on_llamacpp.print_report(doc)
+        return 0
+    os.environ["LMQL_LITE_ENGINE"] = "transformers"  # lmql_lite's runs, and the fresh processes below
     reps = 1 if args.quick else args.reps
     threads = common.set_threads(args.threads)
     suite = [q for q in common.SUITE if not args.only or q[0] in args.only.split(",")]

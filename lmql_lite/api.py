@@ -38,7 +38,8 @@ _SHARED = ("max_len", "max_tokens", "healing", "seed")
 
 def model(name: str | None = None, **options: Any) -> LLM:
     """A model handle (loaded on first use, once per process): a local directory, a hub id in the
-    local cache, `local:NAME`, `random` (with `seed=`), or None for the embedded default."""
+    local cache, a .gguf file, `local:NAME`, `random` (with `seed=`), or None for the embedded default.
+    `engine=` ("auto", "transformers", "llama.cpp") and `threads=` say what runs it."""
     return LLM(name, **options)
 
 
@@ -171,9 +172,12 @@ def _evaluate(program: compiler.Program, expr, inputs: dict[str, Any]) -> Any:
                                  source_line=program.source_line(expr.pos.line)) from None
 
 
-def resolve_model(program: compiler.Program, inputs: dict[str, Any], model_arg: Any = None):
+def resolve_model(program: compiler.Program, inputs: dict[str, Any], model_arg: Any = None,
+                  engine: str | None = None):
     """The model a run uses: `model=` / --model, then the query's `from`, then the model of the
-    enclosing query, `set_default_model`, LMQL_LITE_MODEL, and last the embedded default."""
+    enclosing query, `set_default_model`, LMQL_LITE_MODEL, and last the embedded default.
+    `engine` (--engine) runs a model named by a string (or the default) on that engine."""
+    options = {"engine": engine} if engine is not None else {}
     if model_arg is not None and not isinstance(model_arg, str):
         return _loaded(model_arg)
     name = model_arg
@@ -186,9 +190,10 @@ def resolve_model(program: compiler.Program, inputs: dict[str, Any], model_arg: 
         if current is not None:
             return current
         if _default_model[0] is not None:
-            return _loaded(model(_default_model[0]) if isinstance(_default_model[0], str) else _default_model[0])
+            default = _default_model[0]
+            return _loaded(model(default, **options) if isinstance(default, str) else default)
         name = os.environ.get("LMQL_LITE_MODEL") or None
-    return _loaded(model(name))
+    return _loaded(model(name, **options))
 
 
 def _starts(program: compiler.Program, rows: list[dict[str, Any]], scope: dict[str, Any] | None = None):
@@ -310,18 +315,20 @@ def input_order(program: compiler.Program) -> list[str]:
 
 def run(source_or_path: str, *args: Any, model: Any = None, decoder: str | None = None, seed: int | None = None,
         on_text: Callable[[int, str, str], None] | None = None, trace: bool = False, timeout: float | None = None,
-        **kwargs: Any) -> Result | Results:
+        engine: str | None = None, **kwargs: Any) -> Result | Results:
     """Run a query (text or a .lmq/.lmql path): one Result, or a list for sample(n>1)/beam.
 
     Positional arguments fill the query's inputs in the order they appear; keywords are inputs
     when the query reads them, else decoder options (`temperature=`, `n=`, `max_len=`, ...).
     `await lmql_lite.run(...)` gives LMQL's answer instead: the return value where there is one.
     `timeout` (seconds) bounds the whole run, model loading included: QueryTimeoutError past it.
+    `engine` ("auto", "transformers", "llama.cpp") runs a model given by name on that engine.
     """
     with Deadline(timeout, label="timeout") if timeout is not None else contextlib.nullcontext():
         program = load(source_or_path)
         inputs, options = _bind(program, args, kwargs, "run")
-        return _run(program, inputs, options, model=model, decoder=decoder, seed=seed, on_text=on_text, trace=trace)
+        return _run(program, inputs, options, model=model, decoder=decoder, seed=seed, on_text=on_text, trace=trace,
+                    engine=engine)
 
 
 def run_sync(source_or_path: str, *args: Any, **kwargs: Any) -> Any:
@@ -342,10 +349,12 @@ def run_file(path: str, *args: Any, model: Any = None, **kwargs: Any) -> Result 
 
 
 def _run(program, inputs, options, *, model=None, decoder=None, seed=None, on_text=None, trace=False,
-         scope=None) -> Result | Results:
+         scope=None, engine=None) -> Result | Results:
     model = options.pop("model", model)
+    engine = options.pop("engine", engine)
     results = run_compiled(program, inputs, model=model, decoder=options.pop("decoder", decoder),
-                           seed=options.pop("seed", seed), on_text=on_text, trace=trace, scope=scope, **options)
+                           seed=options.pop("seed", seed), on_text=on_text, trace=trace, scope=scope, engine=engine,
+                           **options)
     if isinstance(results, list):
         return Results(_lmql_result(r, program) for r in results)
     return _lmql_result(results, program)
@@ -353,10 +362,10 @@ def _run(program, inputs, options, *, model=None, decoder=None, seed=None, on_te
 
 def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: Any = None,
                  decoder: str | None = None, seed: int | None = None, on_text=None, trace: bool = False,
-                 scope: dict[str, Any] | None = None, **options: Any):
+                 scope: dict[str, Any] | None = None, engine: str | None = None, **options: Any):
     env = {**(scope or {}), **inputs}  # what the decoder clause and `from` may read
     options = decoder_options(program, env, name=decoder, seed=seed, **options)
-    m = resolve_model(program, env, model)
+    m = resolve_model(program, env, model, engine)
     rows = [inputs] * (options.n if options.decoder.row_per_result else 1)
     token = _current_model.set(m)
     try:
@@ -369,20 +378,22 @@ def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: An
 
 def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_size: int = 8, model: Any = None,
               seed: int | None = None, filename: str | None = None, timeout: float | None = None,
-              return_errors: bool = False) -> Iterator[tuple[int, _Result | list[_Result] | LmqlError]]:
+              return_errors: bool = False, engine: str | None = None,
+              ) -> Iterator[tuple[int, _Result | list[_Result] | LmqlError]]:
     """Run one query over many inputs, `batch_size` at a time in batched forward passes.
 
     Yields (input index, result) as each batch finishes, so a caller can save results as they come.
     With `return_errors`, a row that fails (a missing input, a constraint or runtime error) yields
     its LmqlError in place of a result and the other rows go on; a ModelError still ends the run.
     `timeout` (seconds) bounds the whole run; only the time spent inside the generator counts.
+    `engine` runs a model given by name on that engine, as in `run`.
     """
     program = load(source_or_path, filename)
     rows = list(inputs)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise QueryArgumentError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
     limit = Deadline(timeout, label="timeout") if timeout is not None else None
-    models: dict[str, Any] = {}  # the model, resolved once
+    models: dict[str, Any] = {"engine": engine}  # the engine asked for, and the model, resolved once
     for start in range(0, len(rows), batch_size):
         with limit or contextlib.nullcontext():
             outcomes = _run_chunk(program, rows[start:start + batch_size], model, seed, models, return_errors)
@@ -425,9 +436,9 @@ def _run_chunk(program, chunk: list[dict[str, Any]], model, seed, models, return
 def _run_together(program, chunk: list[dict[str, Any]], model, seed, models) -> list:
     options = decoder_options(program, chunk[0], seed=seed)
     if not options.decoder.batches_inputs or options.n > 1:
-        return [run_compiled(program, row, model=model, seed=seed) for row in chunk]
+        return [run_compiled(program, row, model=model, seed=seed, engine=models["engine"]) for row in chunk]
     if "model" not in models:
-        models["model"] = resolve_model(program, chunk[0], model)
+        models["model"] = resolve_model(program, chunk[0], model, models["engine"])
     m = models["model"]
     token = _current_model.set(m)
     try:
@@ -437,7 +448,7 @@ def _run_together(program, chunk: list[dict[str, Any]], model, seed, models) -> 
 
 
 # Keywords `@lmql.query(...)` takes besides decoder options.
-QUERY_KEYWORDS = frozenset({"model", "is_async", "input_variables"})
+QUERY_KEYWORDS = frozenset({"model", "engine", "is_async", "input_variables"})
 
 
 class QueryFunction:

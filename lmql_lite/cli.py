@@ -88,7 +88,11 @@ def _arguments() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a .lmq query")
     run.add_argument("file")
-    run.add_argument("--model", help="a local model directory or hub id (default: the embedded SmolLM2-135M-Instruct)")
+    run.add_argument("--model", help="a local model directory, a .gguf file or a hub id "
+                                     "(default: the embedded SmolLM2-135M-Instruct)")
+    run.add_argument("--engine", choices=("auto", "transformers", "llama.cpp"),
+                     help="what runs the model (default: LMQL_LITE_ENGINE, else auto: a .gguf file and the default "
+                          "model on llama.cpp when it is installed, anything else on transformers)")
     run.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
                      help="a query input (a string); NAME:=JSON passes a JSON value")
     run.add_argument("--json", action="store_true",
@@ -335,7 +339,8 @@ def _run(args) -> int:
                 return _run_rows(args, program, inputs, batch)
             options = api.decoder_options(program, inputs, seed=args.seed)
             printer.show = not (args.json or args.quiet) and options.n == 1
-            result = api.run_compiled(program, inputs, model=args.model, seed=args.seed, on_text=printer,
+            result = api.run_compiled(program, inputs, model=args.model, engine=args.engine, seed=args.seed,
+                                      on_text=printer,
                                       trace=args.trace)
     except QueryTimeoutError as e:
         if not args.inputs:
@@ -463,8 +468,8 @@ def _run_rows(args, program, shared: dict[str, Any], batch: tuple[list[int], lis
                    dynamic_ncols=True, desc="rows")
         try:
             for k, outcome in api.run_batch(program.query.source, [r for _, r in todo], batch_size=args.batch_size,
-                                            model=args.model, seed=args.seed, filename=program.filename,
-                                            return_errors=True):
+                                            model=args.model, engine=args.engine, seed=args.seed,
+                                            filename=program.filename, return_errors=True):
                 index, row = todo[k]
                 if isinstance(outcome, LmqlError):
                     failed += 1

@@ -1,10 +1,12 @@
 """Model backends: the contract (`base`), one module per engine, and loading a model by its name.
 
-A new engine is one module with a `load_model(name)` and one line in ENGINES. A name may say its
-engine (`transformers:gpt2`); any other name — a folder, a hub id, None for the embedded
-default — goes to DEFAULT_ENGINE. Engines are imported only when a model is loaded, after
-`check_name` has refused names that cannot work (a missing path, a garbage `.gguf`), so such a
-mistake costs no slow import.
+A new engine is one module with a `load_model(name, threads=None)` and one line in ENGINES. The
+engine is the one a name says (`transformers:gpt2`, LMQL's `llama.cpp:model.gguf`), else the
+`engine=` option, else LMQL_LITE_ENGINE, else `auto`: a GGUF file (the embedded default
+included) runs on llama.cpp when llama-cpp-python is installed and is converted for
+transformers otherwise; a folder or hub id runs on transformers. Engines are imported only when
+a model is loaded, after `check_name` has refused names that cannot work (a missing path, a
+garbage `.gguf`), so such a mistake costs no slow import.
 LMQL's spellings are understood too: `local:NAME` (a local model), `random` (random logits over
 a real vocabulary, `seed=`), and remote models (`openai/…`, `chatgpt`), which are a clear
 ModelError until a serving-engine backend exists.
@@ -13,15 +15,22 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
 
 ENGINES = {
-    "transformers": "lmql_lite.models.transformers",  # local folders, hub ids, the embedded default
+    "transformers": "lmql_lite.models.transformers",  # local folders, hub ids, GGUF files converted once
+    "llama.cpp": "lmql_lite.models.llamacpp",  # GGUF files (the embedded default included), in-process
 }
-DEFAULT_ENGINE = "transformers"
+ENGINE_CHOICES = ("auto", *ENGINES)
+# What each engine needs installed (the Python module), and the command that installs it.
+ENGINE_PACKAGES = {"transformers": ("transformers", "pip install lmql_lite"),
+                   "llama.cpp": ("llama_cpp", "pip install 'lmql_lite[llama]'  (from a clone: pip install '.[llama]'; "
+                                              "it compiles llama.cpp: docs/engines.md gives the pinned build flags)")}
 GGUF_MAGIC = b"GGUF"
 
 # LMQL's shorthands for OpenAI models.
@@ -32,8 +41,10 @@ DEFAULT_NAMES = ("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct",
 PLACEMENT_OPTIONS = frozenset({"silent", "verbose", "inprocess", "cuda", "device_map", "trust_remote_code",
                                "dtype", "torch_dtype", "async_transport"})
 RANDOM_OPTIONS = frozenset({"seed", "tokenizer", "vocab"})
+# Options every engine takes: which engine, and how many threads it computes with.
+ENGINE_OPTIONS = frozenset({"engine", "threads"})
 REMOTE = (("openai/", "an OpenAI API model"), ("azure/", "an Azure OpenAI model"),
-          ("replicate:", "a Replicate model"), ("llama.cpp:", "a llama.cpp model"))
+          ("replicate:", "a Replicate model"))
 
 
 def load_model(name: str | None = None, **options: Any):
@@ -48,18 +59,72 @@ def load_model(name: str | None = None, **options: Any):
         _check_options(name, options, RANDOM_OPTIONS | PLACEMENT_OPTIONS)
         from .random import RandomModel
         return RandomModel(seed=options.get("seed"), tokenizer=options.get("tokenizer") or options.get("vocab"))
-    _check_options(name, options, PLACEMENT_OPTIONS)
+    _check_options(name, options, PLACEMENT_OPTIONS | ENGINE_OPTIONS)
     if name is not None and name.startswith("local:"):
         name = name[len("local:"):]
         if name in DEFAULT_NAMES:
             name = None
-    engine, rest = DEFAULT_ENGINE, name
+    engine, rest = options.get("engine"), name
     if name is not None:
         prefix, colon, tail = name.partition(":")
         if colon and prefix in ENGINES:
             engine, rest = prefix, tail or None
     check_name(rest)
-    return importlib.import_module(ENGINES[engine]).load_model(rest)
+    engine = choose_engine(rest, engine)
+    threads = thread_count(options.get("threads"))
+    return importlib.import_module(ENGINES[engine]).load_model(rest, threads=threads)
+
+
+def choose_engine(name: str | None, engine: str | None = None) -> str:
+    """The engine that runs model `name`: `engine` (or LMQL_LITE_ENGINE) when not `auto`, else the one for its kind.
+
+    `auto` runs a GGUF file (None: the embedded default) on llama.cpp when it is installed, else
+    on transformers (converted once); anything else on transformers. A ModelError names the
+    install command when the engine asked for is not installed.
+    """
+    given = engine if engine is not None else os.environ.get("LMQL_LITE_ENGINE") or "auto"
+    if given not in ENGINE_CHOICES:
+        close = difflib.get_close_matches(str(given), ENGINE_CHOICES, 1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        where = "engine=" if engine is not None else "LMQL_LITE_ENGINE"
+        raise ModelError(f"unknown engine {given!r} ({where}){hint}; known: {', '.join(ENGINE_CHOICES)}")
+    gguf = name is None or (Path(name).expanduser().is_file() and name.lower().endswith(".gguf"))
+    if given == "auto":
+        return "llama.cpp" if gguf and installed("llama.cpp") else "transformers"
+    if not installed(given):
+        raise ModelError(f"the {given} engine is not installed; install it with:\n    {ENGINE_PACKAGES[given][1]}")
+    if given == "llama.cpp" and not gguf:
+        raise ModelError(f"model {name!r}: the llama.cpp engine runs .gguf files; a model folder or hub id "
+                         "runs on transformers (engine='transformers', --engine transformers)")
+    return given
+
+
+def installed(engine: str) -> bool:
+    """Whether `engine`'s library can be imported (found, not imported: that costs seconds)."""
+    try:
+        return importlib.util.find_spec(ENGINE_PACKAGES[engine][0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def thread_count(threads: int | None = None) -> int | None:
+    """Threads an engine computes with: `threads`, else LMQL_LITE_THREADS, else None (the engine's own choice: every core)."""
+    given = threads if threads is not None else os.environ.get("LMQL_LITE_THREADS") or None
+    if given is None:
+        return None
+    try:
+        count = int(given) if not isinstance(given, (bool, float)) else 0
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1:
+        where = "threads=" if threads is not None else "LMQL_LITE_THREADS"
+        raise ModelError(f"threads must be a positive integer, got {given!r} ({where})")
+    return count
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _remote(name: str | None) -> str | None:
@@ -71,7 +136,7 @@ def _remote(name: str | None) -> str | None:
         full = full[len("local:"):]
     for prefix, what in REMOTE:
         if full.startswith(prefix):
-            return (f"model {name!r} is {what}: remote and llama.cpp models are not supported yet "
+            return (f"model {name!r} is {what}: remote models are not supported yet "
                     f"(a serving-engine backend for OpenAI-compatible servers such as vLLM, SGLang "
                     f"and llama.cpp's server is planned). Use a local model: a folder, a hub id in "
                     f"your cache, 'local:NAME', 'random', or no model for the embedded default")

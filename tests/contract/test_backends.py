@@ -2,7 +2,8 @@
 
 Every check compares a backend with itself through a different route (a fresh batch fed the
 same tokens at once, step-by-step logits), so it needs no reference implementation: the fake
-model, the transformers engine on a tiny random Llama, and any engine added later.
+model, the transformers engine on a tiny random Llama, llama.cpp on the default model's GGUF
+(when llama-cpp-python is installed: the `llama` extra), and any engine added later.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from lmql_lite.models import base
 TEXTS = ["The capital of France is Paris.\n", "Is it on the coast? yes no", "Numbers: 2024-01-31", "Café"]
 
 
-@pytest.fixture(scope="module", params=["fake", "random", "transformers"])
+@pytest.fixture(scope="module", params=["fake", "random", "transformers", "llama.cpp"])
 def model(request):
     if request.param == "fake":
         from lmql_lite.models.fake import FakeModel
@@ -24,6 +25,9 @@ def model(request):
     from lmql_lite.models import load_model
     if request.param == "random":
         return load_model("random", seed=123)
+    if request.param == "llama.cpp":
+        pytest.importorskip("llama_cpp", reason="the llama extra (llama-cpp-python) is not installed")
+        return load_model(None, engine="llama.cpp")
     return load_model("transformers:" + str(request.getfixturevalue("tiny_model_dir")))
 
 
