@@ -24,17 +24,17 @@ from . import check_name, usable_cores
 from .default import DEFAULT_NAME, default_gguf
 from .hf_tokenizer import END_OF_TEXT, chat_markers
 
-FIRST_CELLS = 2048  # key/value cells a new context holds; it grows (doubling) when rows need more
-FIRST_SEQUENCES = 8  # sequences a new context can hold; it grows when a batch has more rows
+FIRST_CELLS = 512  # key/value cells per sequence in a new context; it grows (doubling) when a row needs more
 SPECIAL_ATTRIBUTES = ll.LLAMA_TOKEN_ATTR_CONTROL | ll.LLAMA_TOKEN_ATTR_UNKNOWN | ll.LLAMA_TOKEN_ATTR_UNUSED
 
 _log = logging.getLogger("lmql_lite.llamacpp")
+GGML_LOG_LEVEL_ERROR = 3  # ggml.h: enum ggml_log_level
 
 
 @ll.llama_log_callback
 def _forward_log(level: int, text: bytes, user_data) -> None:
     # llama.cpp reports every load step at INFO; only its errors reach Python's logging.
-    if level == ll.GGML_LOG_LEVEL_ERROR:
+    if level == GGML_LOG_LEVEL_ERROR:
         _log.error("%s", text.decode("utf-8", errors="replace").rstrip())
 
 
@@ -195,15 +195,20 @@ def _compiled_template(text: str):
 
 
 class _Context:
-    """One llama.cpp context: a unified key/value cache of `cells` cells shared by up to `sequences` sequences."""
+    """One llama.cpp context: up to `sequences` sequences, each in its own key/value stream of `cells` cells.
+
+    Not a unified cache: in llama.cpp 0.3.36's unified cache, a sequence whose tokens went into
+    cells another sequence had freed (seq_rm) got wrong logits (off by up to 1.2 on the default
+    model, caught by tests/contract); separate streams do not share cells.
+    """
 
     def __init__(self, model: LlamaCppModel, cells: int, sequences: int):
         params = ll.llama_context_default_params()
-        params.n_ctx = cells
-        params.n_batch = cells  # the most tokens one llama_decode takes; longer feeds are split
-        params.n_ubatch = min(cells, 512)
+        params.n_ctx = cells * sequences
+        params.n_batch = cells * sequences  # the most tokens one llama_decode takes; longer feeds are split
+        params.n_ubatch = min(cells * sequences, 512)
         params.n_seq_max = sequences
-        params.kv_unified = True  # every sequence may use any cell (rows of very different lengths)
+        params.kv_unified = False
         params.n_threads = params.n_threads_batch = model.threads
         params.no_perf = True
         self._pointer = ll.llama_init_from_model(model._model, params)
@@ -260,7 +265,7 @@ class LlamaCppBatch:
     def __init__(self, model: LlamaCppModel, rows: int):
         self._model = model
         self._width = len(model.vocabulary)
-        self._context = model.context(self, FIRST_CELLS, max(FIRST_SEQUENCES, rows))
+        self._context = model.context(self, FIRST_CELLS, max(1, rows))
         self._rows: list[list[int]] = [[] for _ in range(rows)]
         self._seq = list(range(rows))
         self._last = np.zeros((rows, self._width), dtype=np.float32)
@@ -372,6 +377,8 @@ class LlamaCppBatch:
         if longest > self._model.context_limit:
             raise ModelError(f"model {self._model.name!r}: a sequence of {longest} tokens is longer than the "
                              f"model's context of {self._model.context_limit} tokens")
+        if longest > self._context.cells:
+            self._grow(_power_of_two(longest))
         wanted = [bool(feed) and (rows is None or r in rows) for r, feed in enumerate(feeds)]
         if self._feed.capacity < total:
             self._feed = _Feed(max(total, 2 * self._feed.capacity))
@@ -409,22 +416,22 @@ class LlamaCppBatch:
         """Decode the feed's first `total` tokens (in pieces of the context's batch size); the logits
         of the positions flagged, in order, (n, vocab) float32."""
         pieces = []
-        step = self._context.cells
+        step = self._context.cells * self._context.sequences
         for start in range(0, total, step):
             n = min(step, total - start)
             part = feed if start == 0 else _shifted(feed, start, n)
             code = ll.llama_decode(self._context.pointer, part.batch(n))
             if code == 1:  # no room for these tokens in the cache: a larger context, then again
                 self._grow(2 * self._context.cells)
+                step = self._context.cells * self._context.sequences
                 code = ll.llama_decode(self._context.pointer, part.batch(n))
             if code != 0:
                 raise ModelError(f"model {self._model.name!r}: llama_decode failed (code {code}) "
                                  f"on {n} tokens in {len(self._rows)} rows")
-            flagged = int(part.logits[:n].sum())
-            if flagged:
-                data = ll.llama_get_logits(self._context.pointer)
-                pieces.append(np.ctypeslib.as_array(data, shape=(flagged, self._width)).copy())
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+            for i in np.flatnonzero(part.logits[:n]):  # by batch index: llama.cpp may compute them out of order
+                data = ll.llama_get_logits_ith(self._context.pointer, int(i))
+                pieces.append(np.ctypeslib.as_array(data, shape=(1, self._width)))
+        return np.concatenate(pieces)
 
     def _reserve(self, sequences: int) -> None:
         # Grow the context when the rows and their copies would not fit (cells grow when a decode finds no room).
