@@ -9,7 +9,7 @@ from .errors import (ConstraintError, LmqlError, LmqlSyntaxError, ModelError, Qu
                      QueryRuntimeError, QueryTimeoutError)
 
 __version__ = "0.1.0"
-_API = {"run", "run_sync", "run_file", "run_batch", "query", "F", "model", "load", "Result", "LLM",
+_API = {"run", "run_sync", "stream", "astream", "run_file", "run_batch", "query", "F", "model", "load", "Result", "LLM",
         "ScoringResult", "set_default_model", "get_default_model", "generate", "generate_sync", "score",
         "score_sync"}
 _MODULES = {"decorators"}

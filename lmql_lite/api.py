@@ -12,7 +12,8 @@ import re
 import textwrap
 from typing import Any, Callable, Iterable, Iterator
 
-from . import checker, compiler, parser
+from . import checker, compiler, parser, streaming
+from . import events as events_
 from . import options as options_table
 from .deadline import Deadline
 from .errors import LmqlError, ModelError, QueryArgumentError
@@ -331,6 +332,51 @@ def run(source_or_path: str, *args: Any, model: Any = None, decoder: str | None 
                     engine=engine)
 
 
+def stream(source_or_path: str, *args: Any, model: Any = None, decoder: str | None = None, seed: int | None = None,
+           alternatives: int = 5, **kwargs: Any) -> Iterator[events_.Event]:
+    """Run a query and give its events as they happen (events.py, docs/events.md); arguments as for `run`.
+
+    The run goes on in a thread, a few events ahead of the consumer; closing the iterator (a
+    `break`, `.close()`) stops decoding. A user's error, a syntax error included, ends the stream
+    with an `error` event; the last event is `done`. Each chosen token comes with the
+    `alternatives` likeliest tokens before the mask and its own p_raw (0: neither, and no full
+    softmax per token). (Not `top_k`: that keyword stays the sampling option it is for `run`.)
+    """
+    def prepare():
+        program = load(source_or_path)
+        inputs, options = _bind(program, args, kwargs, "stream")
+        given = {k: v for k, v in (("model", model), ("decoder", decoder), ("seed", seed)) if v is not None}
+        return program, inputs, {**given, **options}, None
+    return _stream(prepare, _alternatives(alternatives))
+
+
+async def astream(source_or_path: str, *args: Any, **kwargs: Any):
+    """`stream` for `async for`: the same events, awaited without blocking the event loop."""
+    import asyncio
+    events = stream(source_or_path, *args, **kwargs)
+    try:
+        while (event := await asyncio.to_thread(next, events, None)) is not None:
+            yield event
+    finally:
+        events.close()
+
+
+def _alternatives(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise QueryArgumentError(f"stream: alternatives must be a whole number of at least 0, got {n!r}")
+    return n
+
+
+def _stream(prepare: Callable[[], tuple], alternatives: int) -> Iterator[events_.Event]:
+    """The events of the run `prepare()` describes (program, inputs, options, scope), a result event per result."""
+    def run(sink):
+        program, inputs, options, scope = prepare()
+        results = _run(program, inputs, options, scope=scope, events=sink, detail=alternatives)
+        for row, r in enumerate(results if isinstance(results, list) else [results]):
+            sink(events_.ResultEvent(row, r))
+    return streaming.events(run)
+
+
 def run_sync(source_or_path: str, *args: Any, **kwargs: Any) -> Any:
     """LMQL's `run_sync`: run a query and give its return value, or its result(s) when it has none."""
     return _outcome(run(source_or_path, *args, **kwargs))
@@ -349,12 +395,12 @@ def run_file(path: str, *args: Any, model: Any = None, **kwargs: Any) -> Result 
 
 
 def _run(program, inputs, options, *, model=None, decoder=None, seed=None, on_text=None, trace=False,
-         scope=None, engine=None) -> Result | Results:
+         scope=None, events=None, detail: int = 0, engine=None) -> Result | Results:
     model = options.pop("model", model)
     engine = options.pop("engine", engine)
     results = run_compiled(program, inputs, model=model, decoder=options.pop("decoder", decoder),
-                           seed=options.pop("seed", seed), on_text=on_text, trace=trace, scope=scope, engine=engine,
-                           **options)
+                           seed=options.pop("seed", seed), on_text=on_text, trace=trace, scope=scope,
+                           events=events, detail=detail, engine=engine, **options)
     if isinstance(results, list):
         return Results(_lmql_result(r, program) for r in results)
     return _lmql_result(results, program)
@@ -362,7 +408,8 @@ def _run(program, inputs, options, *, model=None, decoder=None, seed=None, on_te
 
 def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: Any = None,
                  decoder: str | None = None, seed: int | None = None, on_text=None, trace: bool = False,
-                 scope: dict[str, Any] | None = None, engine: str | None = None, **options: Any):
+                 scope: dict[str, Any] | None = None, events=None, detail: int = 0, engine: str | None = None,
+                 **options: Any):
     env = {**(scope or {}), **inputs}  # what the decoder clause and `from` may read
     options = decoder_options(program, env, name=decoder, seed=seed, **options)
     m = resolve_model(program, env, model, engine)
@@ -370,7 +417,7 @@ def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: An
     token = _current_model.set(m)
     try:
         results = run_program(program, m, _index(m), options, _starts(program, rows, scope), on_text=on_text,
-                              record_tokens=trace)
+                              record_tokens=trace, events=events, detail=detail)
     finally:
         _current_model.reset(token)
     return results if options.several else results[0]
@@ -502,11 +549,22 @@ class QueryFunction:
     def run(self, *args, **kwargs) -> Result | Results:
         """The query's Result(s), whatever it returns."""
         inputs, options = self._arguments(args, kwargs)
+        return _run(self.__lmql_program__, inputs, self._options(options), scope=self._scope())
+
+    def _options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The decorator's options, then the call's."""
         base = self.options
         if options.get("decoder") is not None:
             # A decoder named at the call replaces the decorator's, with the options that were its own.
             base = {k: v for k, v in base.items() if k not in DECODER_KEYWORDS or k in _SHARED}
-        return _run(self.__lmql_program__, inputs, {**base, **options}, scope=self._scope())
+        return {**base, **options}
+
+    def stream(self, *args, alternatives: int = 5, **kwargs) -> Iterator[events_.Event]:
+        """The query's events as it runs (see `lmql_lite.stream`)."""
+        def prepare():
+            inputs, options = self._arguments(args, kwargs)
+            return self.__lmql_program__, inputs, self._options(options), self._scope()
+        return _stream(prepare, _alternatives(alternatives))
 
     def __call__(self, *args, **kwargs):
         if self.is_async:
@@ -533,6 +591,9 @@ class _BoundQuery:
 
     def run(self, *args, **kwargs):
         return self.__func__.run(self.__self__, *args, **kwargs)
+
+    def stream(self, *args, **kwargs):
+        return self.__func__.stream(self.__self__, *args, **kwargs)
 
     def __lmql_start__(self, *args, **kwargs):
         return self.__func__.__lmql_start__(self.__self__, *args, **kwargs)

@@ -6,11 +6,11 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from . import decoders, runtime
+from . import decoders, decorators, events, runtime
 from .constraints import terms
 from .decoders import Choice, Row
 from .errors import ConstraintError, LmqlError, QueryArgumentError, QueryRuntimeError
-from .filling import Filling, locate
+from .filling import Filling, Watch, locate
 from .prompt import Prompt
 from .result import Result, Trace
 
@@ -39,7 +39,8 @@ class Branch:
         self.sent: list[Any] = []          # values sent to the top generator, to replay it for a fork
         # What the result reports, filled in as decoding goes (variables: the top-level query's).
         self.outcome = Result(prompt="", variables=self.frames[0].variables,
-                              trace=Trace(tokens=[] if runner.record_tokens else None))
+                              trace=Trace(tokens=[] if runner.record_tokens else None,
+                                          events=[] if runner.watching else None))
         self.prompt = Prompt(runner.model, self.outcome.trace, self._emit, self._forget)
         self.filling: Filling | None = None
         self.done = False
@@ -47,6 +48,10 @@ class Branch:
 
     def _emit(self, text: str, kind: str) -> None:
         self.runner.emit(self, text, kind)
+
+    def report(self, kind: type, **fields: Any) -> None:
+        """An event of this branch (events.py) for the runner's sink; only called while the runner is watching."""
+        self.runner.report(self, kind(row=self.row, **fields))
 
     def _forget(self, n: int) -> None:
         self.runner.batch.truncate(self.row, n)
@@ -175,6 +180,11 @@ class Branch:
                 raise
             except Exception as e:
                 raise self._runtime_error(e) from e
+            if self.runner.watching:
+                self.filling.watch = Watch(self.report, self.trace.forward_passes,
+                                           any(decorators.kind(fn) == "post" for fn in hole.decorators))
+                self.report(events.Hole, name=hole.name, constraint=hole.constraint, line=hole.line,
+                            column=hole.column)
 
     def _fixed_by_pre(self, hole: runtime.Hole) -> bool:
         """Run the hole's `@lmql.decorators.pre` functions; one that returns a value fixes the hole to it."""
@@ -234,11 +244,13 @@ class Branch:
         best = max(values, key=scores.get)
         out = self.outcome
         out.distribution, out.distribution_logprobs = decoders.normalise(scores), scores
+        if self.runner.watching:
+            self.report(events.Distribution, name=hole.name, scores=dict(out.distribution))
         out.logprobs[hole.name] = scores[best]
         out.logprob += scores[best]
         self.prompt.healable = False
         self.prompt.tokens += encode(best)  # the value's own tokens, fed with the next pass
-        self.prompt.value(best)
+        self.prompt.value(best, hole.name)
         self.frames[-1].variables[hole.name] = best
         self._resume_value = best
 
@@ -261,6 +273,8 @@ class Branch:
         twin.prompt = self.prompt.copy(twin.outcome.trace, twin._emit, twin._forget)
         if self.filling is not None:
             twin.filling = self.filling.copy(twin.prompt)
+            if self.filling.watch is not None:
+                twin.filling.watch = self.filling.watch.copy(twin.report)
         return twin
 
     def decoded(self) -> str:
@@ -274,5 +288,5 @@ class Branch:
         out = self.outcome
         return Result(prompt=self.prompt.text(), variables=dict(out.variables), value=out.value,
                       distribution=out.distribution, distribution_logprobs=out.distribution_logprobs,
-                      logprobs=dict(out.logprobs), logprob=out.logprob, trace=out.trace)
+                      logprobs=dict(out.logprobs), logprob=out.logprob, trace=out.trace, spans=self.prompt.spans())
 

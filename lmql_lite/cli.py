@@ -1,4 +1,4 @@
-"""The `lmql-lite` command: run a query file (streaming, JSON, batches of inputs) or check it without a model.
+"""The `lmql-lite` command: run a query file (streaming, JSON, batches of inputs), check it without a model, or open the playground.
 
 Exit codes: 0 success, 1 other lmql_lite error, 2 syntax error, 3 constraint error, 4 model error,
 5 bad query or command-line argument, 6 error raised by the query's own Python, 7 timeout,
@@ -26,6 +26,7 @@ from .errors import LmqlError, QueryArgumentError, QueryTimeoutError
 from .options import MAX_SEED
 
 INTERNAL_ERROR, INTERRUPTED, TERMINATED, ROWS_FAILED = 70, 130, 143, 8
+TRACE_TOP = 3  # alternatives per token in the --trace table
 # Writing stdout (or a cache) failed for a reason of the user's machine, not of ours.
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
 TIMED_OUT = QueryTimeoutError.exit_code
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                 args = _arguments().parse_args(argv)
             except SystemExit as e:  # --help, --version
                 return int(e.code or 0)
-            code = _check(args) if args.command == "check" else _run(args)
+            code = {"check": _check, "playground": _playground}.get(args.command, _run)(args)
             sys.stdout.flush()
             return code
         except LmqlError as e:
@@ -115,7 +116,24 @@ def _arguments() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="parse and statically check queries without loading a model")
     check.add_argument("files", nargs="+")
     check.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    play = sub.add_parser("playground", help="a local web page that runs queries and shows every decoding step")
+    play.add_argument("file", nargs="?", help="a .lmq file to open in the editor")
+    play.add_argument("--port", type=int, default=8765, help="the port (default 8765; 0 picks a free one)")
+    play.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    play.add_argument("--allow-remote", action="store_true",
+                      help="allow a --host other machines can reach (they can run any Python here)")
+    play.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
+    play.add_argument("--debug", action="store_true", help="show Python tracebacks")
     return p
+
+
+def _playground(args) -> int:
+    try:
+        from .playground import server
+    except ImportError as e:
+        raise LmqlError(f"the playground needs its extra: pip install 'lmql_lite[playground]' ({e})") from None
+    return server.serve(args.file, host=args.host, port=args.port, open_browser=not args.no_browser,
+                        allow_remote=args.allow_remote)
 
 
 # ---- the process around a run -----------------------------------------------------------
@@ -274,14 +292,21 @@ def _dumps(doc: Any, **kwargs) -> str:
 
 
 class _Printer:
-    """Streams prompt text and hole values to stdout (values in colour on a terminal), and keeps each row's text."""
+    """Streams prompt text and hole values to stdout (values in colour on a terminal), and keeps each row's text.
+
+    With `tokens` (a terminal), a value appears token by token as it is decoded (token events'
+    `shown` text); when its final text differs from what was shown (a stop phrase cut or dropped,
+    a decorator), the shown part is erased and the final text written in its place.
+    """
 
     line_open = False  # streamed text does not end with a newline yet
 
-    def __init__(self, color: bool, show: bool):
+    def __init__(self, color: bool, show: bool, tokens: bool = False):
         self.color = color
         self.show = show
+        self.tokens = tokens
         self.texts: dict[int, list[str]] = {}
+        self.holes: dict[int, str] = {}  # each row's value shown so far, token by token
 
     @classmethod
     def end_line(cls) -> None:
@@ -293,13 +318,33 @@ class _Printer:
                 sys.stdout.flush()
 
     def text(self, row: int) -> str:
-        return "".join(self.texts.get(row, []))
+        """What was printed of `row`."""
+        return "".join(self.texts.get(row, [])) + self.holes.get(row, "")
+
+    def event(self, event) -> None:
+        """An event of the run (events.py): a token's text is shown as it comes."""
+        if self.show and event.type == "token" and event.shown:
+            self.holes[event.row] = self.holes.get(event.row, "") + event.shown
+            self._write(event.shown, "value")
 
     def __call__(self, row: int, text: str, kind: str) -> None:
+        shown = self.holes.pop(row, "")
+        if shown and kind == "value":  # the hole's final text: write what was not shown yet
+            if not text.startswith(shown):
+                self._erase("".join(self.texts.get(row, [])), shown, text)
+                shown = _common_prefix(shown, text)
+            self.texts.setdefault(row, []).append(text)
+            if self.show:
+                self._write(text[len(shown):], kind)
+            return
         if not text:
             return
         self.texts.setdefault(row, []).append(text)
-        if not self.show:
+        if self.show:
+            self._write(text, kind)
+
+    def _write(self, text: str, kind: str) -> None:
+        if not text:
             return
         _Printer.line_open = not text.endswith("\n")
         text = _visible(text)
@@ -309,6 +354,21 @@ class _Printer:
             text = f"\x1b[2m{text}\x1b[0m"
         sys.stdout.write(text)
         sys.stdout.flush()
+
+    def _erase(self, before: str, shown: str, final: str) -> None:
+        """Take back the part of `shown` that `final` does not start with (the cursor goes back to where they part)."""
+        keep = _common_prefix(shown, final)
+        gone = shown[len(keep):]
+        line = (before + keep).rsplit("\n", 1)[-1]
+        up = gone.count("\n")
+        sys.stdout.write("\r" + (f"\x1b[{up}A" if up else "") + (f"\x1b[{len(line)}C" if line else "") + "\x1b[J")
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
 
 
 def _use_color(args) -> bool:
@@ -339,18 +399,20 @@ def _run(args) -> int:
                 return _run_rows(args, program, inputs, batch)
             options = api.decoder_options(program, inputs, seed=args.seed)
             printer.show = not (args.json or args.quiet) and options.n == 1
+            printer.tokens = printer.show and sys.stdout.isatty()  # a pipe gets each value whole
+            watch = printer.tokens or args.trace
             result = api.run_compiled(program, inputs, model=args.model, engine=args.engine, seed=args.seed,
-                                      on_text=printer,
-                                      trace=args.trace)
-    except QueryTimeoutError as e:
-        if not args.inputs:
+                                      on_text=printer, trace=args.trace, events=printer.event if watch else None,
+                                      detail=TRACE_TOP if args.trace else 0)
+    except (QueryTimeoutError, KeyboardInterrupt) as e:
+        if not args.inputs:  # keep what was decoded: streamed already, or printed now
             _show_partial(args, printer, e)
         raise
     _show(args, result, printer.show)
     return 0
 
 
-def _show_partial(args, printer: _Printer, error: LmqlError) -> None:
+def _show_partial(args, printer: _Printer, error: BaseException) -> None:
     """What the rows had decoded when the run stopped: streamed already, or printed now."""
     decoded = getattr(error, "decoded", None) or [printer.text(r) for r in sorted(printer.texts)]
     if printer.show:
@@ -358,6 +420,11 @@ def _show_partial(args, printer: _Printer, error: LmqlError) -> None:
         if decoded and decoded[0].startswith(streamed):  # the hole being decoded, as far as it got
             printer(0, decoded[0][len(streamed):], "value")
         _Printer.end_line()
+        return
+    if not isinstance(error, LmqlError):  # Ctrl-C: the text, and main's one line
+        if not args.json and not args.quiet:
+            for text in decoded:
+                print(_visible(text))
         return
     if args.json:
         docs = [{"prompt": text, "error": _error_doc(error)} for text in decoded] or [{"error": _error_doc(error)}]
@@ -435,15 +502,22 @@ def _print_distribution(result) -> None:
 
 
 def _print_trace(result) -> None:
+    """The run's counts, and a table of the result's token events (p, p_raw, mask size, how, time, alternatives)."""
     t = result.trace
     print(f"trace: {t.forward_passes} forward passes, {t.tokens_fed} tokens through the model "
           f"({t.prompt_tokens} prompt, {t.generated_tokens} chosen, {t.forced_tokens} forced), "
           f"masks {t.mask_seconds * 1000:.1f} ms", file=sys.stderr)
-    if t.tokens:
-        print(f"{'variable':<12} {'token':<16} {'allowed':>8} {'how':<7} {'logprob':>8} {'ms':>8}", file=sys.stderr)
-        for rec in t.tokens:
-            print(f"{rec.variable:<12} {rec.text!r:<16} {rec.allowed:>8} {rec.how:<7} {rec.logprob:>8.3f} "
-                  f"{rec.seconds * 1000:>8.1f}", file=sys.stderr)
+    tokens = [e for e in t.events or [] if e.type == "token"]
+    if not tokens:
+        return
+    print(f"{'variable':<12} {'token':<16} {'how':<7} {'p':>7} {'p_raw':>7} {'allowed':>13} {'ms':>7}  "
+          f"top (x: masked out)", file=sys.stderr)
+    for e in tokens:
+        p = "" if e.p is None else f"{e.p:.3f}"
+        p_raw = "" if e.p_raw is None else f"{e.p_raw:.3f}"
+        top = ", ".join(f"{a.text!r} {a.p_raw:.2f}{'' if a.allowed else ' x'}" for a in e.top if a.id != e.id)
+        print(_visible(f"{e.hole:<12} {e.text!r:<16} {e.how:<7} {p:>7} {p_raw:>7} {f'{e.allowed}/{e.vocab}':>13} "
+                       f"{e.ms:>7.1f}  {top}"), file=sys.stderr)
 
 
 # ---- batches ------------------------------------------------------------------------------

@@ -272,7 +272,7 @@ class _Builder(ast.NodeTransformer):
             else:
                 flush()
                 out.append(self.hole(part, scoped, statement_holes, tuple(remaining[1:]),
-                                     _literal_after(prompt.parts[i + 1:])))
+                                     _literal_after(prompt.parts[i + 1:]), self.written(prompt)))
                 remaining.pop(0)
         flush()
         for s in out:
@@ -283,7 +283,8 @@ class _Builder(ast.NodeTransformer):
                     ast.copy_location(n, s)
         return out
 
-    def hole(self, hole: nodes.Hole, scoped: ast.expr | None, statement_holes, later, following: str) -> ast.stmt:
+    def hole(self, hole: nodes.Hole, scoped: ast.expr | None, statement_holes, later, following: str,
+             written: str | None) -> ast.stmt:
         kwargs: dict[str, ast.expr] = {}
         wheres = []
         if scoped is not None:
@@ -301,12 +302,19 @@ class _Builder(ast.NodeTransformer):
             kwargs["later"] = ast.Tuple([ast.Constant(n) for n in later], ast.Load())
         if following:
             kwargs["following"] = ast.Constant(following)
+        if written:
+            kwargs["constraint"] = ast.Constant(written)
         if self.distribution and self.distribution.var == hole.name:
             kwargs["distribution"] = _thunk(parse_expr(self.query, self.distribution.values))
         event = _call(_attr(_RT, "Hole"), ast.Constant(hole.name), ast.Constant(hole.pos.line),
                       ast.Constant(hole.pos.column), **kwargs)
         stmt = ast.Assign(targets=[_name(hole.name, ast.Store())], value=ast.Yield(event))
         return _at(stmt, hole.pos)
+
+    def written(self, prompt: nodes.Prompt) -> str | None:
+        """The where-clause text that applies to the statement's holes, as written (scoped and global joined by `and`)."""
+        texts = [w.source.strip() for w in (prompt.where, self.query.where) if w is not None]
+        return " and ".join(f"({t})" if len(texts) > 1 else t for t in texts) or None
 
     @staticmethod
     def hole_type(expr: ast.expr) -> ast.expr:

@@ -1,16 +1,33 @@
 """The hole being filled: its guide, token healing, budgets, fast-forward, the tokens taken, and its final text and value."""
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import decorators, runtime
+from . import decorators, events, runtime
 from .constraints import compile_guide, terms
 from .constraints.guide import DEFAULT_HOLE_TOKENS
 from .constraints.base import Guide, Mask
 from .errors import ConstraintError, LmqlError
 from .prompt import Prompt
 from .result import CUT, HoleEnd, TokenRecord
+
+
+@dataclass
+class Watch:
+    """What a watched hole keeps for its events (events.py): the sink, and what token events need."""
+    report: Callable[..., None]        # Branch.report(kind, **fields)
+    passes: int                        # the row's forward passes when the hole began
+    post: bool                         # a post-processing decorator rewrites the value: no text before the end
+    look: tuple | None = None          # (p_raw (vocab,), the likeliest ids, the mask) of the coming token
+    undecoded: bytes = b""             # the end of an incomplete UTF-8 character, held back
+    taken: int = 0                     # tokens taken
+
+    def copy(self, report: Callable[..., None]) -> "Watch":
+        return dataclasses.replace(self, report=report)
 
 
 class Filling:
@@ -26,6 +43,7 @@ class Filling:
         self.clock = time.perf_counter()   # when the hole's last token was taken (for --trace)
         self.wish: int | None = None       # the model's own pick among the tokens that would end the value
         self.cut = ""                      # "max_len" or "max_tokens" when one of them ended the hole
+        self.watch: Watch | None = None    # while the runner is watching: the hole's events
 
     @classmethod
     def begin(cls, hole: runtime.Hole, resolve: Callable[[str], Any], prompt: Prompt, runner, program) -> "Filling":
@@ -156,11 +174,14 @@ class Filling:
     def take(self, tok: int, logprob: float, how: str, allowed: int) -> None:
         """Append one token (chosen by the decoder or forced) to the hole."""
         trace = self.prompt.trace
-        if trace.tokens is not None:
+        healed = bool(self.heal_prefix) and len(self.prompt.tokens) == self.start  # the token re-spells the prompt's
+        seconds = 0.0
+        if trace.tokens is not None or self.watch is not None:
             now = time.perf_counter()
+            seconds, self.clock = now - self.clock, now
+        if trace.tokens is not None:
             text = self.runner.model.vocabulary.tokens[tok].decode("utf-8", errors="replace")
-            trace.tokens.append(TokenRecord(self.hole.name, tok, text, allowed, how, logprob, now - self.clock))
-            self.clock = now
+            trace.tokens.append(TokenRecord(self.hole.name, tok, text, allowed, how, logprob, seconds))
         if how == "forced":
             trace.forced_tokens += 1
         else:
@@ -171,9 +192,36 @@ class Filling:
         if tok not in self.runner.model.vocabulary.eos_ids:
             self.prompt.tokens.append(tok)
         self.guide.advance(tok)
+        if self.watch is not None:
+            self.report_token(tok, logprob, how, healed, allowed, seconds)
         for fn in self.hole.decorators:
             if decorators.kind(fn) == "streaming":
                 fn(self.guide.text(), runtime.context)
+
+    def report_token(self, tok: int, logprob: float, how: str, healed: bool, allowed: int, seconds: float) -> None:
+        """The token event of the token just taken (only while the runner is watching)."""
+        w, vocab = self.watch, self.runner.model.vocabulary
+        data = vocab.tokens[tok]
+        p = p_raw = None
+        top: tuple[events.Alternative, ...] = ()
+        if how != "forced":
+            p = math.exp(logprob)
+            if w.look is not None:
+                probs, ids, mask = w.look
+                p_raw = float(probs[tok])
+                top = tuple(events.Alternative(int(i), _text_of(vocab.tokens[i]), float(probs[i]), bool(mask[i]))
+                            for i in (list(ids) + ([tok] if tok not in ids else [])))
+        w.look = None
+        # The text this token adds to the value as it will stand, whole UTF-8 characters only; the
+        # last token's (and a post-processed value's) comes with the hole_end event instead.
+        shown = ""
+        if tok not in vocab.eos_ids and not self.guide.is_finished() and not w.post:
+            head, w.undecoded = _split_incomplete(w.undecoded + data[len(self.heal_prefix) if healed else 0:])
+            shown = head.decode("utf-8", errors="replace")
+        w.taken += 1
+        w.report(events.Token, hole=self.hole.name, id=tok, text=_text_of(data), how="healed" if healed else how,
+                 p=p, p_raw=p_raw, allowed=1 if how == "forced" else allowed, vocab=len(vocab.tokens), top=top,
+                 ms=seconds * 1000, shown=shown, heal=_text_of(self.heal_prefix) if healed else "")
 
     def finish(self) -> tuple[str, Any]:
         """(text, value) of the finished hole, decorators applied; the row's tokens spell exactly the text."""
@@ -190,7 +238,11 @@ class Filling:
         self.prompt.trace.ends.append(HoleEnd(self.hole.name, reason, f"ended: {message}"))
         if reason in CUT:
             self.prompt.trace.notes.append(f"{self.hole.name}: ended at {message}")
-        self.prompt.value(text)
+        self.prompt.value(text, self.hole.name)
+        if self.watch is not None:
+            w = self.watch
+            w.report(events.HoleEnd, name=self.hole.name, value=value, text=text, reason=reason, tokens=w.taken,
+                     passes=self.prompt.trace.forward_passes - w.passes)
         return text, value
 
     def why_ended(self) -> tuple[str, str]:
@@ -214,6 +266,21 @@ class Filling:
         if how == "budget":
             return "budget", f"its token budget ({guide.tokens_used} tokens)"
         return "complete", "its constraint allows no longer value"
+
+
+def _text_of(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+def _split_incomplete(data: bytes) -> tuple[bytes, bytes]:
+    """(whole UTF-8 characters, the start of an incomplete one at the end)."""
+    for back in range(1, min(4, len(data)) + 1):
+        lead = data[-back]
+        if lead & 0xC0 == 0x80:  # a continuation byte: look further back for its lead
+            continue
+        need = 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4 if lead >> 3 == 0b11110 else 1
+        return (data[:-back], data[-back:]) if need > back else (data, b"")
+    return data, b""
 
 
 def locate(e: LmqlError, hole: runtime.Hole, program) -> LmqlError:

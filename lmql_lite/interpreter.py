@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from . import decoders
+from . import events as events_
 from .branch import Branch
 from .deadline import Expired
 from .decoders import Choice
@@ -34,13 +35,16 @@ class Runner:
     """Decodes a set of branches together over one batch."""
 
     def __init__(self, model, index: TokenIndex, options: DecoderOptions,
-                 on_text: Callable[[int, str, str], None] | None = None, record_tokens: bool = False):
+                 on_text: Callable[[int, str, str], None] | None = None, record_tokens: bool = False,
+                 events: Callable[[events_.Event], None] | None = None, detail: int = 0):
         self.model = model
         self.index = index
         self.options = options
         self.decoder = decoders.for_options(options)
         self.on_text = on_text
         self.record_tokens = record_tokens
+        self.events = events               # the event sink (events.py); None: no events are made
+        self.detail = detail               # > 0: token events carry p_raw and the top `detail` alternatives
         self.eos_id = min(model.vocabulary.eos_ids) if model.vocabulary.eos_ids else None
         self.eos_ids = np.array(sorted(model.vocabulary.eos_ids), np.int64)
         self.after_text = _after_text(model.vocabulary)
@@ -54,9 +58,23 @@ class Runner:
             self._batch = self.model.batch(len(self.branches))
         return self._batch
 
+    @property
+    def watching(self) -> bool:
+        """Whether the run makes events (a sink, or `trace=True`): results then keep theirs (trace.events)."""
+        return self.events is not None or self.record_tokens
+
     def emit(self, branch: Branch, text: str, kind: str) -> None:
         if self.on_text is not None:
             self.on_text(branch.row, text, kind)
+        # A filled hole's text comes with its hole_end event; the result's with the api's result event.
+        if self.watching and kind != "end" and not (kind == "value" and branch.filling is not None):
+            self.report(branch, events_.Text(branch.row, text, branch.prompt.role, kind))
+
+    def report(self, branch: Branch, event: events_.Event) -> None:
+        """One event of `branch`: kept on its result's trace, and given to the sink."""
+        branch.trace.events.append(event)
+        if self.events is not None:
+            self.events(event)
 
     def run(self, starts: list[tuple[Callable[[], Iterator], Any]]) -> list[Result]:
         if not self.options.decoder.batches_inputs and len(starts) != 1:
@@ -65,7 +83,9 @@ class Runner:
         self.branches = [Branch(self, start, program, row) for row, (start, program) in enumerate(starts)]
         try:
             while active := self._settle():
-                logits = self._forward(active)                       # (rows, vocab) float32
+                logits = self._forward(active, masked=not self.detail)  # (rows, vocab) float32
+                if self.detail:
+                    self._look(active, logits)                       # the unmasked distribution, for events
                 t0 = time.perf_counter()
                 rows = [b.decode_row() for b in self.branches]       # each row's mask (None: complete)
                 logits = self._with_ends(logits, rows)               # a value's end: every token that leaves it
@@ -107,6 +127,16 @@ class Runner:
             self.batch.select([0] * rows)
             return np.broadcast_to(logits, (rows, logits.shape[1]))
         return self.batch.step(feeds, only=only)
+
+    def _look(self, active: list[Branch], logits: np.ndarray) -> None:
+        """Each active branch's unmasked distribution and its `detail` likeliest ids, before the mask and ends touch the logits."""
+        k = min(self.detail, logits.shape[1])
+        for b in active:
+            row = logits[b.row].astype(np.float64)
+            p = np.exp(row - row.max())
+            p /= p.sum()
+            top = np.argpartition(-p, k - 1)[:k]
+            b.filling.watch.look = (p, top[np.argsort(-p[top], kind="stable")], b.filling.mask().array)
 
     def _few_allowed(self, b: Branch) -> np.ndarray | None:
         """The ids `b`'s mask allows, when they are few (an eighth of the vocabulary at most), else None.
@@ -173,6 +203,11 @@ def _after_text(vocab) -> np.ndarray:
 
 def run_program(program, model, index: TokenIndex, options: DecoderOptions,
                 starts: list[tuple[Callable[[], Iterator], Any]], *, on_text=None,
-                record_tokens: bool = False) -> list[Result]:
-    """Decode each start (a generator factory and its program) on `model`; one result each (n for beam)."""
-    return Runner(model, index, options, on_text=on_text, record_tokens=record_tokens).run(starts)
+                record_tokens: bool = False, events=None, detail: int = 0) -> list[Result]:
+    """Decode each start (a generator factory and its program) on `model`; one result each (n for beam).
+
+    `events` receives the run's events (events.py) as they happen; `detail` > 0 adds p_raw and
+    the top `detail` alternatives to token events (a full softmax per token: only when asked).
+    """
+    return Runner(model, index, options, on_text=on_text, record_tokens=record_tokens, events=events,
+                  detail=detail).run(starts)

@@ -27,12 +27,13 @@ class Prompt:
         self.role: str | None = None       # the chat message open now
         self.chatted = False               # a chat role was opened
         self.healable = False              # the last token came from prompt text (token healing may redo it)
+        self.named: dict[int, str] = {}    # piece index → the variable whose value that piece is
         trace.prompt_tokens = len(self.tokens)
 
     def copy(self, trace: Trace, emit, forget) -> "Prompt":
         twin = Prompt.__new__(Prompt)
         twin.__dict__.update(self.__dict__, trace=trace, emit=emit, forget=forget,
-                             pieces=list(self.pieces), tokens=list(self.tokens))
+                             pieces=list(self.pieces), tokens=list(self.tokens), named=dict(self.named))
         return twin
 
     def text(self) -> str:
@@ -66,10 +67,20 @@ class Prompt:
         self.tokens += ids
         self.trace.prompt_tokens += len(ids)
 
-    def value(self, text: str) -> None:
-        """A hole's final text, whose tokens are already in place."""
+    def value(self, text: str, name: str) -> None:
+        """Variable `name`'s final text, whose tokens are already in place."""
+        self.named[len(self.pieces)] = name
         self.pieces.append(text)
         self.emit(text, "value")
+
+    def spans(self) -> list[tuple[int, int, str]]:
+        """(start, end, variable) of each value in `text()`."""
+        out, at = [], 0
+        for i, piece in enumerate(self.pieces):
+            if i in self.named:
+                out.append((at, at + len(piece), self.named[i]))
+            at += len(piece)
+        return out
 
     # ---- chat roles --------------------------------------------------------------------
 
@@ -102,6 +113,7 @@ class Prompt:
     def rewind(self, mark: tuple[int, int]) -> None:
         pieces, tokens = mark
         del self.pieces[pieces:]
+        self.named = {i: n for i, n in self.named.items() if i < pieces}
         self.truncate(tokens)
         self.pending = ""
 

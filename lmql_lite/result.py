@@ -40,6 +40,7 @@ class Trace:
     notes: list[str] = field(default_factory=list)
     tokens: list[TokenRecord] | None = None
     ends: list[HoleEnd] = field(default_factory=list)
+    events: list | None = None  # the result's events (events.py), kept by a run with trace or events
 
 
 @dataclass
@@ -52,6 +53,12 @@ class Result:
     logprobs: dict[str, float] = field(default_factory=dict)
     logprob: float = 0.0
     trace: Trace = field(default_factory=Trace)
+    spans: list[tuple[int, int, str]] = field(default_factory=list)  # (start, end, variable) of values in `prompt`
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the coloured token view when the run kept its events, else the prompt with its values marked."""
+        from . import tokenview
+        return tokenview.result_html(self)
 
     def to_json(self) -> dict:
         return {"prompt": self.prompt, "variables": _jsonable(self.variables),

@@ -37,6 +37,7 @@ class Hole:
     decorators: tuple[Callable[[Any], Any], ...] = ()
     later: tuple[str, ...] = ()
     following: str = ""   # the literal text right after the hole in its statement (for the trace)
+    constraint: str | None = None  # the where-clause text about the hole, as written (for the event stream)
     distribution: Callable[[], Any] | None = field(default=None, compare=False)
 
 

@@ -58,3 +58,21 @@ def tiny_model_dir(tmp_path_factory):
     template = ("{% for m in messages %}<|user|>{{ m['role'] }}\n{{ m['content'] }}<|end|>\n{% endfor %}"
                 "{% if add_generation_prompt %}<|user|>assistant\n{% endif %}")
     return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), chat_template=template)
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's chromium driven by Playwright (never `playwright install`); skips when either is missing.
+
+    Per module: Playwright's sync API keeps an event loop running in the main thread while it is
+    open, so tests of other modules that call asyncio.run must not run inside it.
+    """
+    import shutil
+    sync_api = pytest.importorskip("playwright.sync_api")
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("no system chromium (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=["--no-sandbox"])
+        yield browser
+        browser.close()
