@@ -226,6 +226,21 @@ class _Context:
     def clear(self) -> None:
         ll.llama_memory_clear(self.memory, True)
 
+    def copy(self, source: int, target: int, into: "_Context | None" = None) -> None:
+        """Copy sequence `source`'s cached state into sequence `target` (of `into`, else this context) now.
+
+        Not llama_memory_seq_cp: across separate streams it copies at the next decode, too late
+        for a truncate or a move in between.
+        """
+        size = ll.llama_state_seq_get_size(self._pointer, source)
+        if not size:
+            ll.llama_memory_seq_rm((into or self).memory, target, -1, -1)
+            return
+        state = (ctypes.c_uint8 * size)()
+        ll.llama_state_seq_get_data(self._pointer, state, size, source)
+        if ll.llama_state_seq_set_data((into or self).pointer, state, size, target) == 0:
+            raise ModelError("llama.cpp could not copy a sequence's cached state")
+
     def __del__(self):
         if getattr(self, "_pointer", None):
             ll.llama_free(self._pointer)
@@ -329,25 +344,32 @@ class LlamaCppBatch:
         """Replace the rows by `rows` of the current ones: a row taken again is a copied sequence, a row left out is removed."""
         rows = list(rows)
         self._reserve(len(set(self._seq)) + len(rows))
-        memory = self._context.memory
         taken: set[int] = set()
+        again: list[int] = []
         free = iter(sorted(set(range(self._context.sequences)) - set(self._seq)))
         seq = []
         for r in rows:
             source = self._seq[r]
             if source in taken:
-                target = next(free)
-                ll.llama_memory_seq_cp(memory, source, target, -1, -1)
+                target = next(free)  # filled below: the row's tokens fed again
+                again.append(len(seq))
                 seq.append(target)
             else:
                 taken.add(source)
                 seq.append(source)
         for source in set(self._seq) - taken:
-            ll.llama_memory_seq_rm(memory, source, -1, -1)
+            ll.llama_memory_seq_rm(self._context.memory, source, -1, -1)
         self._seq = seq
         self._rows = [list(self._rows[r]) for r in rows]
         self._last = self._last[rows] if rows else np.zeros((0, self._width), dtype=np.float32)
         self._fresh = [self._fresh[r] for r in rows]
+        if again:
+            # A second copy of a row is recomputed: copying cached state between llama.cpp's
+            # separate streams failed on this version (llama_state_seq_set_data returned 0).
+            feeds = [[] for _ in rows]
+            for r in again:
+                feeds[r], self._rows[r] = self._rows[r], []
+            self._decode(feeds, last_only=True)
 
     def tokens(self, row: int) -> list[int]:
         """The token ids `row` holds."""
@@ -446,13 +468,7 @@ class LlamaCppBatch:
         old = self._context
         new = self._model.context(self, cells, sequences or old.sequences)
         for seq in sorted(set(self._seq)):
-            size = ll.llama_state_seq_get_size(old.pointer, seq)
-            if not size:
-                continue
-            state = (ctypes.c_uint8 * size)()
-            ll.llama_state_seq_get_data(old.pointer, state, size, seq)
-            if ll.llama_state_seq_set_data(new.pointer, state, size, seq) == 0:
-                raise ModelError(f"model {self._model.name!r}: could not move a sequence into a larger context")
+            old.copy(seq, seq, into=new)
         self._context = new
         self._model.release(old)
 
