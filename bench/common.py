@@ -79,7 +79,7 @@ def raw_manual(model, prompt_ids: list[int], n: int) -> list[int]:
     with torch.inference_mode():
         cache = DynamicCache(config=module.config)
         kw = {cache_argument(module): cache, "use_cache": True, "logits_to_keep": 1}
-        out = module(input_ids=torch.tensor([prompt_ids]), **kw)
+        out = module(input_ids=torch.tensor([prompt_ids], device=module.device), **kw)
         new = []
         for i in range(n):
             tok = out.logits[:, -1, :].argmax(-1, keepdim=True)
@@ -96,7 +96,7 @@ def raw_generate(model, prompt_ids: list[int], n: int) -> list[int]:
         return []
     module = model.module
     with torch.inference_mode():
-        ids = torch.tensor([prompt_ids])
+        ids = torch.tensor([prompt_ids], device=module.device)
         out = module.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
                               min_new_tokens=n, do_sample=False, num_beams=1, top_p=None, top_k=None,
                               temperature=None, pad_token_id=model.tokenizer.eos_token_id or 0)
@@ -112,12 +112,13 @@ def raw_score(model, prompt_ids: list[int], candidates: list[list[int]]) -> list
     with torch.inference_mode():
         cache = DynamicCache(config=module.config)
         kw = {cache_argument(module): cache, "use_cache": True}
-        first = module(input_ids=torch.tensor([prompt_ids]), logits_to_keep=1, **kw).logits[0, -1].log_softmax(-1)
+        first = module(input_ids=torch.tensor([prompt_ids], device=module.device), logits_to_keep=1, **kw).logits[0, -1].log_softmax(-1)
         k, width = len(candidates), max(map(len, candidates))
         cache.batch_repeat_interleave(k)
         ids = torch.zeros((k, width), dtype=torch.long)
         for i, c in enumerate(candidates):
             ids[i, :len(c)] = torch.tensor(c)
+        ids = ids.to(module.device)
         # Right padding: real tokens never attend to the pads after them (causal), so no mask is needed.
         lp = module(input_ids=ids, **kw).logits.log_softmax(-1)
         totals = []
@@ -142,6 +143,7 @@ def raw_batch_generate(model, prompts: list[str], n: int) -> Any:
     for i, r in enumerate(rows):
         ids[i, width - len(r):] = torch.tensor(r)
         mask[i, width - len(r):] = 1
+    ids, mask = ids.to(module.device), mask.to(module.device)
     with torch.inference_mode():
         return module.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
                                do_sample=False, num_beams=1, top_p=None, top_k=None, temperature=None,
@@ -207,7 +209,9 @@ def machine_note() -> dict:
         load = None
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "loadavg_1_5_15": [round(x, 2) for x in load] if load else None}
+            "loadavg_1_5_15": [round(x, 2) for x in load] if load else None,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "device": os.environ.get("LMQL_LITE_DEVICE") or "auto", "dtype": os.environ.get("LMQL_LITE_DTYPE") or "auto"}
 
 
 # ---- the benchmark suite --------------------------------------------------------------------

@@ -5,7 +5,9 @@ Run:  python bench/run.py                 table (7 repetitions after a warm-up, 
       python bench/run.py --quick         smoke run: 1 repetition, no cold-start measurement
       python bench/run.py --profile       also cProfile lmql_lite over the suite (top functions)
       python bench/run.py --engine llama.cpp   the suite on the llama.cpp engine (see bench/on_llamacpp.py)
-Options: --reps N, --threads N (torch threads for both sides), --only name,name, --no-cold, --no-subprocess.
+Options: --reps N, --threads N (torch threads for both sides), --only name,name, --no-cold, --no-subprocess,
+      --no-speculate (lmql_lite decodes one token per pass), --speculate-pairs (each repetition also
+      runs lmql_lite with speculate=False: per query `drafts_vs_off`, the median paired ratio).
 
 For each query of the suite (common.SUITE), in one process and one run:
 - lmql_lite: `lmql_lite.run(query, **inputs)` on the default model, wall time of the whole call;
@@ -75,7 +77,8 @@ class ForwardTimer:
 def prefix_of(lmql_lite, source: str, inputs: dict):
     """Run once (trace on); → (result, prompt text before the first hole's value)."""
     events = []
-    result = lmql_lite.run(source, trace=True, on_text=lambda row, text, kind: events.append((kind, text)), **inputs)
+    result = lmql_lite.run(source, trace=True, on_text=lambda row, text, kind: events.append((kind, text)), **inputs,
+                           **RUN_OPTIONS)
     prefix = []
     for kind, text in events:
         if kind in ("value", "end"):
@@ -84,7 +87,10 @@ def prefix_of(lmql_lite, source: str, inputs: dict):
     return result, "".join(prefix)
 
 
-def measure_query(model, name: str, what: str, source: str, inputs: dict, reps: int) -> dict:
+RUN_OPTIONS: dict = {}  # options every lmql_lite.run of the suite gets (--no-speculate)
+
+
+def measure_query(model, name: str, what: str, source: str, inputs: dict, reps: int, pairs: bool = False) -> dict:
     import lmql_lite
     row = {"name": name, "what": what}
     probe, prefix = prefix_of(lmql_lite, source, inputs)  # also compiles the query and warms its masks
@@ -99,7 +105,10 @@ def measure_query(model, name: str, what: str, source: str, inputs: dict, reps: 
         row["scored_tokens"] = sum(map(len, candidates))
 
     def run_lmql():
-        return lmql_lite.run(source, **inputs)
+        return lmql_lite.run(source, **inputs, **RUN_OPTIONS)
+
+    def run_off():
+        return lmql_lite.run(source, **inputs, speculate=False)
 
     if candidates is not None:
         raws = {"score": lambda: common.raw_score(model, prompt_ids, candidates)}
@@ -111,7 +120,8 @@ def measure_query(model, name: str, what: str, source: str, inputs: dict, reps: 
     for fn in raws.values():
         fn()
     lm_times, mask_times, raw_times = [], [], {k: [] for k in raws}
-    sides = [("lmql", run_lmql)] + list(raws.items())
+    off_times: list[float] = []
+    sides = [("lmql", run_lmql)] + ([("off", run_off)] if pairs else []) + list(raws.items())
     for rep in range(reps):
         # Each repetition runs every side back to back, in alternating order: a slow stretch of
         # the machine (other processes, frequency changes) then hits both sides of the pair.
@@ -120,6 +130,8 @@ def measure_query(model, name: str, what: str, source: str, inputs: dict, reps: 
             if side == "lmql":
                 lm_times.append(dt)
                 mask_times.append(res.trace.mask_seconds)
+            elif side == "off":
+                off_times.append(dt)
             else:
                 raw_times[side].append(dt)
     # One instrumented run of each side: time inside the model's forward vs everything else.
@@ -157,6 +169,9 @@ def measure_query(model, name: str, what: str, source: str, inputs: dict, reps: 
         # Milliseconds outside the model's forward per forward pass: the interpreter's own cost per step.
         lmql_outside_ms_per_pass=(wall - lm_fwd) * 1e3 / max(lm_calls, 1),
         raw_outside_ms_per_pass=(raw_wall - raw_fwd) * 1e3 / max(n if candidates is None else 2, 1),
+        drafts_vs_off=median([a / b for a, b in zip(lm_times, off_times)]) if off_times else None,
+        off_ms=median(off_times) * 1e3 if off_times else None,
+        drafted=tr.drafted_tokens, accepted=tr.accepted_tokens,
         lmql_ms_all=[t * 1e3 for t in lm_times], raw_ms_all={k: [t * 1e3 for t in v] for k, v in raw_times.items()},
     )
     return row
@@ -316,6 +331,10 @@ def print_report(doc: dict) -> None:
     for q in doc["queries"]:
         if "error" in q:
             print(f"  {q['name']}: FAILED: {q['error']}")
+    paired = [q for q in doc["queries"] if q.get("drafts_vs_off")]
+    if paired:
+        print("drafts on / off (median of paired repetitions; target <= 1.03): " + ", ".join(
+            f"{q['name']} {q['drafts_vs_off']:.3f} ({q['accepted']}/{q['drafted']} accepted)" for q in paired))
     print(f"median_ratio {doc['median_ratio']:.2f}  max_ratio {doc['max_ratio']:.2f}   "
           f"(targets: median <= 1.0, max <= 1.15)")
     m = doc["machine"]
@@ -376,7 +395,13 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="cProfile lmql_lite over the suite afterwards")
     ap.add_argument("--engine", choices=("transformers", "llama.cpp"), default="transformers",
                     help="the engine lmql_lite runs on (llama.cpp: against raw llama-cpp-python and raw transformers)")
+    ap.add_argument("--no-speculate", dest="speculate", action="store_false",
+                    help="lmql_lite without speculative drafts (speculate=False)")
+    ap.add_argument("--speculate-pairs", action="store_true",
+                    help="each repetition also runs lmql_lite with speculate=False (drafts_vs_off per query)")
     args = ap.parse_args()
+    if not args.speculate:
+        RUN_OPTIONS["speculate"] = False
     if args.engine == "llama.cpp":
         import on_llamacpp
         doc = on_llamacpp.main(args)
@@ -399,7 +424,7 @@ def main() -> int:
     for name, what, source, inputs in suite:
         log(f"[run.py] {name} ...")
         try:
-            row = measure_query(model, name, what, source, inputs, reps)
+            row = measure_query(model, name, what, source, inputs, reps, args.speculate_pairs)
         except Exception as e:  # a query lmql_lite cannot run yet: report it, keep going
             row = {"name": name, "what": what, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
         doc["queries"].append(row)

@@ -30,17 +30,24 @@ _default_model: list[Any] = [None]
 
 # Keywords a run takes besides the query's inputs: the decoder and its options (as LMQL names them).
 DECODER_KEYWORDS = frozenset({"decoder", "n", "temperature", "top_k", "top_p", "seed", "max_len", "max_tokens",
-                              "healing"})
+                              "healing", "speculate"})
+# Keywords about what runs the model and where (see `models.choose_engine`, `models.placement`),
+# passed on to `lmql_lite.model(...)`.
+MODEL_KEYWORDS = frozenset({"engine", "device", "dtype"})
 # LMQL keywords about its API batching and console output: accepted, and mean nothing here.
-IGNORED_KEYWORDS = frozenset({"chunksize", "openai_chunksize", "output_writer", "verbose", "cache"})
+IGNORED_KEYWORDS = frozenset({"chunksize", "openai_chunksize", "output_writer", "verbose"})
+# Keywords about the run itself: `cache=` is the run cache (a folder, True for the default one, False: none).
+RUN_KEYWORDS = frozenset({"cache"})
 _SAMPLING = ("temperature", "top_k", "top_p")
-_SHARED = ("max_len", "max_tokens", "healing", "seed")
+_SHARED = ("max_len", "max_tokens", "healing", "speculate", "seed")
 
 
 def model(name: str | None = None, **options: Any) -> LLM:
     """A model handle (loaded on first use, once per process): a local directory, a hub id in the
-    local cache, a .gguf file, `local:NAME`, `random` (with `seed=`), or None for the embedded default.
-    `engine=` ("auto", "transformers", "llama.cpp") and `threads=` say what runs it."""
+    local cache, a .gguf file, a nanoGPT checkpoint, `local:NAME`, `random` (with `seed=`), or None
+    for the embedded default; `engine=` (auto, transformers, llama.cpp) and `threads=` say what runs
+    it, `device=` (auto, cpu, cuda, cuda:N, mps) and `dtype=` (auto, float32, float16, bfloat16)
+    where and in what precision."""
     return LLM(name, **options)
 
 
@@ -174,27 +181,37 @@ def _evaluate(program: compiler.Program, expr, inputs: dict[str, Any]) -> Any:
 
 
 def resolve_model(program: compiler.Program, inputs: dict[str, Any], model_arg: Any = None,
-                  engine: str | None = None):
+                  placement: dict[str, Any] | None = None):
     """The model a run uses: `model=` / --model, then the query's `from`, then the model of the
     enclosing query, `set_default_model`, LMQL_LITE_MODEL, and last the embedded default.
-    `engine` (--engine) runs a model named by a string (or the default) on that engine."""
-    options = {"engine": engine} if engine is not None else {}
+    `placement` (`engine=`, `device=`, `dtype=`; None ones ignored) joins the options of the model so chosen."""
+    placement = {k: v for k, v in (placement or {}).items() if v is not None}
     if model_arg is not None and not isinstance(model_arg, str):
-        return _loaded(model_arg)
+        return _loaded(_placed(model_arg, placement))
     name = model_arg
     if name is None and program.query.model is not None:
         name = _evaluate(program, program.query.model, inputs)
         if name is not None and not isinstance(name, str):
-            return _loaded(name)
+            return _loaded(_placed(name, placement))
     if name is None:
         current = _current_model.get()
-        if current is not None:
+        if current is not None and not placement:
             return current
         if _default_model[0] is not None:
-            default = _default_model[0]
-            return _loaded(model(default, **options) if isinstance(default, str) else default)
+            chosen = _default_model[0]
+            return _loaded(_placed(model(chosen) if isinstance(chosen, str) else chosen, placement))
         name = os.environ.get("LMQL_LITE_MODEL") or None
-    return _loaded(model(name, **options))
+    return _loaded(model(name, **placement))
+
+
+def _placed(m: Any, placement: dict[str, Any]) -> Any:
+    """The model handle `m` with `placement` among its options."""
+    if not placement:
+        return m
+    if isinstance(m, LLM):
+        return LLM(m.model_identifier, **{**m.configuration, **placement})
+    raise QueryArgumentError(f"{', '.join(f'{k}=' for k in placement)} choose where a model loads: name the model "
+                             f"(a string, or lmql_lite.model(name, ...)), not one already loaded ({type(m).__name__})")
 
 
 def _starts(program: compiler.Program, rows: list[dict[str, Any]], scope: dict[str, Any] | None = None):
@@ -274,10 +291,10 @@ def _bind(program: compiler.Program, args: tuple, kwargs: dict[str, Any], what: 
             raise QueryArgumentError(f"{what} got two values for {key}", file=program.filename)
         if key in readable:
             bound[key] = value
-        elif key in DECODER_KEYWORDS or key in IGNORED_KEYWORDS:
+        elif key in DECODER_KEYWORDS or key in IGNORED_KEYWORDS or key in MODEL_KEYWORDS or key in RUN_KEYWORDS:
             options[key] = value
         else:
-            known = sorted(readable | DECODER_KEYWORDS)
+            known = sorted(readable | DECODER_KEYWORDS | MODEL_KEYWORDS)
             hint = difflib.get_close_matches(key, known, 1)
             raise QueryArgumentError(
                 f"{what}: unknown argument {key}: the query reads no {key} and it is no decoder option"
@@ -316,20 +333,20 @@ def input_order(program: compiler.Program) -> list[str]:
 
 def run(source_or_path: str, *args: Any, model: Any = None, decoder: str | None = None, seed: int | None = None,
         on_text: Callable[[int, str, str], None] | None = None, trace: bool = False, timeout: float | None = None,
-        engine: str | None = None, **kwargs: Any) -> Result | Results:
+        **kwargs: Any) -> Result | Results:
     """Run a query (text or a .lmq/.lmql path): one Result, or a list for sample(n>1)/beam.
 
     Positional arguments fill the query's inputs in the order they appear; keywords are inputs
     when the query reads them, else decoder options (`temperature=`, `n=`, `max_len=`, ...).
     `await lmql_lite.run(...)` gives LMQL's answer instead: the return value where there is one.
     `timeout` (seconds) bounds the whole run, model loading included: QueryTimeoutError past it.
-    `engine` ("auto", "transformers", "llama.cpp") runs a model given by name on that engine.
+    `cache=` keeps the model's work across runs (docs/cache.md): a folder, True for the default one,
+    False for none; by default `LMQL_LITE_CACHE_RUNS` decides.
     """
     with Deadline(timeout, label="timeout") if timeout is not None else contextlib.nullcontext():
         program = load(source_or_path)
         inputs, options = _bind(program, args, kwargs, "run")
-        return _run(program, inputs, options, model=model, decoder=decoder, seed=seed, on_text=on_text, trace=trace,
-                    engine=engine)
+        return _run(program, inputs, options, model=model, decoder=decoder, seed=seed, on_text=on_text, trace=trace)
 
 
 def stream(source_or_path: str, *args: Any, model: Any = None, decoder: str | None = None, seed: int | None = None,
@@ -395,12 +412,12 @@ def run_file(path: str, *args: Any, model: Any = None, **kwargs: Any) -> Result 
 
 
 def _run(program, inputs, options, *, model=None, decoder=None, seed=None, on_text=None, trace=False,
-         scope=None, events=None, detail: int = 0, engine=None) -> Result | Results:
+         scope=None, events=None, detail: int = 0) -> Result | Results:
     model = options.pop("model", model)
-    engine = options.pop("engine", engine)
+    placement = {k: options.pop(k) for k in MODEL_KEYWORDS if k in options}
     results = run_compiled(program, inputs, model=model, decoder=options.pop("decoder", decoder),
                            seed=options.pop("seed", seed), on_text=on_text, trace=trace, scope=scope,
-                           events=events, detail=detail, engine=engine, **options)
+                           events=events, detail=detail, cache=options.pop("cache", None), **placement, **options)
     if isinstance(results, list):
         return Results(_lmql_result(r, program) for r in results)
     return _lmql_result(results, program)
@@ -409,15 +426,15 @@ def _run(program, inputs, options, *, model=None, decoder=None, seed=None, on_te
 def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: Any = None,
                  decoder: str | None = None, seed: int | None = None, on_text=None, trace: bool = False,
                  scope: dict[str, Any] | None = None, events=None, detail: int = 0, engine: str | None = None,
-                 **options: Any):
+                 device: Any = None, dtype: Any = None, cache: Any = None, **options: Any):
     env = {**(scope or {}), **inputs}  # what the decoder clause and `from` may read
     options = decoder_options(program, env, name=decoder, seed=seed, **options)
-    m = resolve_model(program, env, model, engine)
+    m = resolve_model(program, env, model, {"engine": engine, "device": device, "dtype": dtype})
     rows = [inputs] * (options.n if options.decoder.row_per_result else 1)
     token = _current_model.set(m)
     try:
         results = run_program(program, m, _index(m), options, _starts(program, rows, scope), on_text=on_text,
-                              record_tokens=trace, events=events, detail=detail)
+                              record_tokens=trace, events=events, detail=detail, cache=cache)
     finally:
         _current_model.reset(token)
     return results if options.several else results[0]
@@ -425,33 +442,70 @@ def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: An
 
 def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_size: int = 8, model: Any = None,
               seed: int | None = None, filename: str | None = None, timeout: float | None = None,
-              return_errors: bool = False, engine: str | None = None,
-              ) -> Iterator[tuple[int, _Result | list[_Result] | LmqlError]]:
+              return_errors: bool = False, engine: str | None = None, device: Any = None, dtype: Any = None,
+              ray: bool | str | None = None, workers: int | None = None,
+              cache: Any = None, speculate: bool | None = None) -> Iterator[tuple[int, _Result | list[_Result] | LmqlError]]:
     """Run one query over many inputs, `batch_size` at a time in batched forward passes.
 
     Yields (input index, result) as each batch finishes, so a caller can save results as they come.
     With `return_errors`, a row that fails (a missing input, a constraint or runtime error) yields
     its LmqlError in place of a result and the other rows go on; a ModelError still ends the run.
     `timeout` (seconds) bounds the whole run; only the time spent inside the generator counts.
-    `engine` runs a model given by name on that engine, as in `run`.
+    `engine=`, `device=` and `dtype=` say what runs the model and where (see `lmql_lite.model`).
+
+    `ray=True` (a local cluster, or RAY_ADDRESS's), `"auto"` or a cluster address runs the batches
+    on `workers` Ray actors (default: one per node), each with its own copy of the model; results
+    then come in the order they finish. A row whose worker dies is run once more on a fresh
+    worker, then given a WorkerError (see docs/engines.md).
+
+    `speculate=False` turns speculative drafts off (docs/language.md, "Speculative drafts").
     """
     program = load(source_or_path, filename)
+    given = {"seed": seed, "speculate": speculate}
     rows = list(inputs)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise QueryArgumentError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
     limit = Deadline(timeout, label="timeout") if timeout is not None else None
-    models: dict[str, Any] = {"engine": engine}  # the engine asked for, and the model, resolved once
+    if ray is not None and ray is not False:
+        if engine is not None or device is not None or dtype is not None:
+            raise QueryArgumentError("with ray, say what runs the workers' model in the model itself "
+                                     "(lmql_lite.model(NAME, engine=..., device=..., dtype=...)) or with "
+                                     "LMQL_LITE_ENGINE / LMQL_LITE_DEVICE / LMQL_LITE_DTYPE: engine=, device= and "
+                                     "dtype= are not passed to the workers")
+        if cache is not None and cache is not False:
+            raise QueryArgumentError("cache= is not passed to Ray workers yet: run without ray=, or without cache=")
+        yield from _run_on_ray(program, rows, batch_size, model, seed, limit, return_errors, ray, workers)
+        return
+    if workers is not None:
+        raise QueryArgumentError("workers= is the number of Ray workers: it needs ray=")
+    models: dict[str, Any] = {"placement": {"engine": engine, "device": device, "dtype": dtype}, "cache": cache}  # and the model, resolved once
     for start in range(0, len(rows), batch_size):
         with limit or contextlib.nullcontext():
-            outcomes = _run_chunk(program, rows[start:start + batch_size], model, seed, models, return_errors)
+            outcomes = _run_chunk(program, rows[start:start + batch_size], model, given, models, return_errors)
         for i, outcome in enumerate(outcomes):
             yield start + i, outcome
 
 
-def _run_chunk(program, chunk: list[dict[str, Any]], model, seed, models, return_errors: bool) -> list:
+def _run_on_ray(program, rows, batch_size, model, seed, limit, return_errors, address, workers):
+    """`run_batch` on Ray actors: the query travels as its text, the model as its name and options."""
+    from . import ray_batch
+    if model is not None and not isinstance(model, (str, LLM)):
+        raise QueryArgumentError("with ray, name the model (a string or lmql_lite.model(...)): a loaded model "
+                                 "cannot travel to the workers, which load their own copy")
+    default = _default_model[0]
+    if default is not None and not isinstance(default, (str, LLM)):
+        raise QueryArgumentError("with ray, set_default_model needs a model name or lmql_lite.model(...): "
+                                 "a loaded model cannot travel to the workers")
+    default = default if default is not None else os.environ.get("LMQL_LITE_MODEL") or None
+    return ray_batch.run_batch(program.query.source, program.filename, rows, batch_size=batch_size, model=model,
+                               default_model=default, seed=seed, limit=limit, return_errors=return_errors,
+                               address=address, workers=workers)
+
+
+def _run_chunk(program, chunk: list[dict[str, Any]], model, given, models, return_errors: bool) -> list:
     """The results of rows decoded together; with `return_errors`, a failing row's error in its place."""
     if not return_errors:
-        return _run_together(program, chunk, model, seed, models)
+        return _run_together(program, chunk, model, given, models)
     outcomes: list[Any] = [None] * len(chunk)
     for i, row in enumerate(chunk):  # a missing input fails before decoding: leave that row out
         try:
@@ -462,7 +516,7 @@ def _run_chunk(program, chunk: list[dict[str, Any]], model, seed, models, return
     if not ready:
         return outcomes
     try:
-        for i, result in zip(ready, _run_together(program, [chunk[i] for i in ready], model, seed, models)):
+        for i, result in zip(ready, _run_together(program, [chunk[i] for i in ready], model, given, models)):
             outcomes[i] = result
     except ModelError:
         raise
@@ -472,7 +526,7 @@ def _run_chunk(program, chunk: list[dict[str, Any]], model, seed, models, return
             return outcomes
         for i in ready:  # one of the rows failed: run each alone, so only the failing ones fail
             try:
-                (outcomes[i],) = _run_together(program, [chunk[i]], model, seed, models)
+                (outcomes[i],) = _run_together(program, [chunk[i]], model, given, models)
             except ModelError:
                 raise
             except LmqlError as e:
@@ -480,22 +534,23 @@ def _run_chunk(program, chunk: list[dict[str, Any]], model, seed, models, return
     return outcomes
 
 
-def _run_together(program, chunk: list[dict[str, Any]], model, seed, models) -> list:
-    options = decoder_options(program, chunk[0], seed=seed)
+def _run_together(program, chunk: list[dict[str, Any]], model, given, models) -> list:
+    options = decoder_options(program, chunk[0], **given)
     if not options.decoder.batches_inputs or options.n > 1:
-        return [run_compiled(program, row, model=model, seed=seed, engine=models["engine"]) for row in chunk]
+        return [run_compiled(program, row, model=model, cache=models["cache"], **given, **models["placement"])
+                for row in chunk]
     if "model" not in models:
-        models["model"] = resolve_model(program, chunk[0], model, models["engine"])
+        models["model"] = resolve_model(program, chunk[0], model, models["placement"])
     m = models["model"]
     token = _current_model.set(m)
     try:
-        return run_program(program, m, _index(m), options, _starts(program, chunk))
+        return run_program(program, m, _index(m), options, _starts(program, chunk), cache=models["cache"])
     finally:
         _current_model.reset(token)
 
 
 # Keywords `@lmql.query(...)` takes besides decoder options.
-QUERY_KEYWORDS = frozenset({"model", "engine", "is_async", "input_variables"})
+QUERY_KEYWORDS = frozenset({"model", "is_async", "input_variables"})
 
 
 class QueryFunction:
@@ -634,8 +689,8 @@ def _defining_scope(fn: Callable | None, frame) -> Callable[[], dict[str, Any]]:
 
 def _query_options(options: dict[str, Any], what: str) -> dict[str, Any]:
     for key in options:
-        if key not in DECODER_KEYWORDS | IGNORED_KEYWORDS | QUERY_KEYWORDS:
-            known = sorted(DECODER_KEYWORDS | QUERY_KEYWORDS)
+        if key not in DECODER_KEYWORDS | IGNORED_KEYWORDS | RUN_KEYWORDS | QUERY_KEYWORDS | MODEL_KEYWORDS:
+            known = sorted(DECODER_KEYWORDS | QUERY_KEYWORDS | MODEL_KEYWORDS)
             hint = difflib.get_close_matches(key, known, 1)
             raise QueryArgumentError(f"{what}: unknown keyword {key}" + (f"; did you mean {hint[0]}?" if hint
                                      else f" (known: {', '.join(known)})"))

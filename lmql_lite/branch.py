@@ -70,6 +70,8 @@ class Branch:
                 self._resume()
             elif f.finished():
                 self._finish_hole()
+            elif self.runner.served:
+                return  # the hole waits for its request (Runner.run sends all rows' at once)
             elif f.budget_spent():
                 f.end_early()
             elif not (f.fast_forward() or f.only_choice()):
@@ -87,6 +89,11 @@ class Branch:
         """The text this branch spells once it takes `token` (None: as it is)."""
         hole = self.filling.spelt(token) if self.filling is not None else b""
         return self.prompt.text(), hole
+
+    def accept(self, filled) -> None:
+        """A served model's text for the hole being filled."""
+        self.filling.accept(filled)
+        self.outcome.logprob += self.filling.logprob
 
     def take(self, choice: Choice) -> None:
         """The decoder's token for the hole being filled."""
@@ -176,6 +183,7 @@ class Branch:
             try:
                 self.filling = Filling.begin(hole, self._resolver(hole), self.prompt, self.runner,
                                              self.frames[-1].program)
+                self.outcome.logprob += self.filling.logprob  # nonzero where the run cache replayed the hole
             except LmqlError:
                 raise
             except Exception as e:

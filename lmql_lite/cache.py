@@ -136,6 +136,11 @@ def load(path: Path, kind: str) -> bytes | None:
     return payload
 
 
+def untrusted(st: os.stat_result, regular: bool = False) -> str | None:
+    """Why a file or folder with this status must not be trusted (another owner, writable by others), or None."""
+    return _untrusted(st, regular)
+
+
 def _untrusted(st: os.stat_result, regular: bool = False) -> str | None:
     """Why a file or folder with this status must not be trusted, or None."""
     if regular and not stat.S_ISREG(st.st_mode):
@@ -199,6 +204,29 @@ def file_identity(path: Path) -> dict:
     """What identifies a source file cheaply: its path, size and modification time."""
     st = path.stat()
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+_digests: dict[str, str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, remembered (in this process and in the cache's `digests` folder) by
+    its path, size and modification time, so that a model's weights are read once, not every run."""
+    identity = json.dumps(file_identity(path), sort_keys=True)
+    if identity in _digests:
+        return _digests[identity]
+    folder = subfolder("digests")
+    memo = folder / hashlib.sha256(identity.encode()).hexdigest()[:32] if folder is not None else None
+    kept = load(memo, "digest") if memo is not None else None
+    if kept is not None and kept.startswith(identity.encode() + b"\n"):
+        digest = kept.decode().split("\n")[1]
+    else:
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if memo is not None:
+            save(memo, "digest", f"{identity}\n{digest}".encode())
+    _digests[identity] = digest
+    return digest
 
 
 def is_valid(folder: Path, source: dict) -> bool:

@@ -19,6 +19,7 @@ import sys
 import threading
 import traceback
 import warnings
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                 args = _arguments().parse_args(argv)
             except SystemExit as e:  # --help, --version
                 return int(e.code or 0)
-            code = {"check": _check, "playground": _playground}.get(args.command, _run)(args)
+            code = {"check": _check, "playground": _playground, "cache": _cache}.get(args.command, _run)(args)
             sys.stdout.flush()
             return code
         except LmqlError as e:
@@ -89,11 +90,16 @@ def _arguments() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a .lmq query")
     run.add_argument("file")
-    run.add_argument("--model", help="a local model directory, a .gguf file or a hub id "
+    run.add_argument("--model", help="a local model directory, a .gguf file, a hub id or a nanoGPT checkpoint "
                                      "(default: the embedded SmolLM2-135M-Instruct)")
     run.add_argument("--engine", choices=("auto", "transformers", "llama.cpp"),
                      help="what runs the model (default: LMQL_LITE_ENGINE, else auto: a .gguf file and the default "
                           "model on llama.cpp when it is installed, anything else on transformers)")
+    run.add_argument("--device", help="where the model runs: auto (default: cuda, else mps, else cpu), cpu, "
+                                      "cuda, cuda:N or mps (also LMQL_LITE_DEVICE)")
+    run.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"),
+                     help="the model's precision (default auto: float32 on the CPU, bfloat16 or float16 on a GPU; "
+                          "also LMQL_LITE_DTYPE)")
     run.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
                      help="a query input (a string); NAME:=JSON passes a JSON value")
     run.add_argument("--json", action="store_true",
@@ -102,6 +108,8 @@ def _arguments() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="print only the query's return value, as JSON")
     run.add_argument("--trace", action="store_true",
                      help="print a per-token table after the run (with --json: a \"trace\" in the document)")
+    run.add_argument("--no-speculate", dest="speculate", action="store_const", const=False, default=None,
+                     help="decode one token per forward pass: no speculative drafts (docs/language.md)")
     run.add_argument("--timeout", type=float,
                      help="stop the whole run (model loading included) after this many seconds (exit code 7)")
     run.add_argument("--no-color", action="store_true", help="no colours even on a terminal (also NO_COLOR=1)")
@@ -112,6 +120,14 @@ def _arguments() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="with --output: keep the rows the file holds, run the others")
     run.add_argument("--retry-errors", action="store_true", help="with --resume: run the rows that failed again")
     run.add_argument("--overwrite", action="store_true", help="with --output: replace what the file holds")
+    run.add_argument("--ray", nargs="?", const=True, metavar="ADDRESS",
+                     help="with --inputs: run the rows on Ray workers, on a local cluster started for the run, or "
+                          "on the cluster at ADDRESS ('auto', 'ray://host:10001'); needs pip install 'lmql_lite[ray]'")
+    run.add_argument("--workers", type=int, help="with --ray: the number of workers, each with its own copy of the "
+                                                 "model (default: one per node)")
+    run.add_argument("--cache", metavar="DIR", help="keep the model's work in the run cache in DIR and replay it "
+                     "(also LMQL_LITE_CACHE_RUNS=DIR, or =1 for the default folder; docs/cache.md)")
+    run.add_argument("--no-cache", action="store_true", help="no run cache, whatever LMQL_LITE_CACHE_RUNS says")
     run.add_argument("--debug", action="store_true", help="show Python tracebacks and the libraries' log messages")
     check = sub.add_parser("check", help="parse and statically check queries without loading a model")
     check.add_argument("files", nargs="+")
@@ -124,6 +140,12 @@ def _arguments() -> argparse.ArgumentParser:
                       help="allow a --host other machines can reach (they can run any Python here)")
     play.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
     play.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    runs = sub.add_parser("cache", help="the run cache: what it holds, or empty it")
+    runs.add_argument("action", choices=["info", "clear"])
+    runs.add_argument("folder", nargs="?", metavar="DIR",
+                      help="the cache folder (default: LMQL_LITE_CACHE_RUNS if it names one, else the user's cache)")
+    runs.add_argument("--json", action="store_true", help="info as one JSON document")
+    runs.add_argument("--debug", action="store_true", help="show Python tracebacks")
     return p
 
 
@@ -149,7 +171,7 @@ def _quiet_libraries(debug: bool):
     saved_env = {k: os.environ.get(k) for k in names}
     for k, v in names.items():
         os.environ.setdefault(k, v)  # read by the libraries when they are first imported
-    loggers = [logging.getLogger(n) for n in ("huggingface_hub", "transformers", "torch", "urllib3", "filelock")]
+    loggers = [logging.getLogger(n) for n in ("huggingface_hub", "transformers", "torch", "urllib3", "filelock", "ray")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:  # and for libraries already imported
         lg.setLevel(logging.ERROR)
@@ -266,11 +288,18 @@ def _check_options(args) -> None:
         from .deadline import check_seconds
         check_seconds(args.timeout, "--timeout")
     for flag, needs in (("output", "inputs"), ("resume", "output"), ("overwrite", "output"),
-                        ("retry_errors", "resume")):
+                        ("retry_errors", "resume"), ("ray", "inputs"), ("workers", "ray")):
         if getattr(args, flag) and not getattr(args, needs):
             raise QueryArgumentError(f"--{flag.replace('_', '-')} needs --{needs}")
     if args.resume and args.overwrite:
         raise QueryArgumentError("--resume keeps the rows --output holds and --overwrite replaces them: choose one")
+    if args.workers is not None and args.workers < 1:
+        raise QueryArgumentError(f"--workers must be at least 1, got {args.workers}")
+    if args.ray:
+        from .ray_batch import import_ray
+        import_ray()  # without ray installed: say how to install it before any work
+    if args.cache is not None and args.no_cache:
+        raise QueryArgumentError("--cache keeps the model's work and --no-cache keeps none: choose one")
 
 
 # ---- showing text safely ------------------------------------------------------------------
@@ -397,18 +426,52 @@ def _run(args) -> int:
             program = api.load(source, filename=args.file)
             if batch is not None:
                 return _run_rows(args, program, inputs, batch)
-            options = api.decoder_options(program, inputs, seed=args.seed)
+            options = api.decoder_options(program, inputs, seed=args.seed, speculate=args.speculate)
             printer.show = not (args.json or args.quiet) and options.n == 1
             printer.tokens = printer.show and sys.stdout.isatty()  # a pipe gets each value whole
             watch = printer.tokens or args.trace
-            result = api.run_compiled(program, inputs, model=args.model, engine=args.engine, seed=args.seed,
-                                      on_text=printer, trace=args.trace, events=printer.event if watch else None,
-                                      detail=TRACE_TOP if args.trace else 0)
+            result = api.run_compiled(program, inputs, model=args.model, seed=args.seed, speculate=args.speculate, on_text=printer,
+                                      engine=args.engine, device=args.device, dtype=args.dtype,
+                                      trace=args.trace, events=printer.event if watch else None,
+                                      detail=TRACE_TOP if args.trace else 0, cache=_cache_setting(args))
     except (QueryTimeoutError, KeyboardInterrupt) as e:
         if not args.inputs:  # keep what was decoded: streamed already, or printed now
             _show_partial(args, printer, e)
         raise
     _show(args, result, printer.show)
+    return 0
+
+
+def _cache_setting(args):
+    """`--no-cache` (False), `--cache DIR`, or None: LMQL_LITE_CACHE_RUNS decides."""
+    return False if args.no_cache else args.cache
+
+
+def _cache(args) -> int:
+    """`lmql-lite cache info|clear [DIR]`."""
+    from . import runcache
+    folder = args.folder
+    if folder is None:
+        setting = runcache.from_setting(None)
+        folder = setting.folder if setting is not None else runcache.default_folder()
+    store = runcache.RunCache(folder)
+    if args.action == "clear":
+        try:
+            removed = store.clear()
+        except OSError as e:
+            raise LmqlError(str(e)) from None
+        print(f"removed {removed} entr{'y' if removed == 1 else 'ies'} from {store.path}")
+        return 0
+    info = store.info()
+    store.close()
+    if args.json:
+        print(_dumps(info, indent=2))
+        return 0
+    print(f"location:  {info['location']}{'' if Path(info['location']).exists() else ' (not created yet)'}")
+    print(f"entries:   {info['entries']}")
+    print(f"bytes:     {info['bytes']:,} in entries, {info['file_bytes']:,} on disk "
+          f"(bound {info['max_bytes']:,}, least recently used out first)")
+    print(f"hits:      {info['hits']}")
     return 0
 
 
@@ -475,8 +538,9 @@ def _result_doc(result, trace: bool) -> dict:
         t = result.trace
         doc["trace"] = {
             "forward_passes": t.forward_passes, "tokens_fed": t.tokens_fed, "prompt_tokens": t.prompt_tokens,
-            "generated_tokens": t.generated_tokens, "forced_tokens": t.forced_tokens,
-            "mask_seconds": t.mask_seconds, "notes": list(t.notes),
+            "generated_tokens": t.generated_tokens, "forced_tokens": t.forced_tokens, "cached_tokens": t.cached_tokens,
+            "mask_seconds": t.mask_seconds, "drafted_tokens": t.drafted_tokens,
+            "accepted_tokens": t.accepted_tokens, "rejected_tokens": t.rejected_tokens, "notes": list(t.notes),
             "tokens": [{"variable": r.variable, "token": r.token, "text": r.text, "allowed": r.allowed,
                         "how": r.how, "logprob": r.logprob, "seconds": r.seconds} for r in t.tokens or []]}
     return doc
@@ -505,8 +569,11 @@ def _print_trace(result) -> None:
     """The run's counts, and a table of the result's token events (p, p_raw, mask size, how, time, alternatives)."""
     t = result.trace
     print(f"trace: {t.forward_passes} forward passes, {t.tokens_fed} tokens through the model "
-          f"({t.prompt_tokens} prompt, {t.generated_tokens} chosen, {t.forced_tokens} forced), "
-          f"masks {t.mask_seconds * 1000:.1f} ms", file=sys.stderr)
+          f"({t.prompt_tokens} prompt, {t.generated_tokens} chosen, {t.forced_tokens} forced"
+          + (f"; {t.cached_tokens} of them replayed from the run cache" if t.cached_tokens else "")
+          + f"), masks {t.mask_seconds * 1000:.1f} ms"
+          + (f", drafts {t.drafted_tokens} tokens ({t.accepted_tokens} accepted, {t.rejected_tokens} rejected)"
+             if t.drafted_tokens else ""), file=sys.stderr)
     tokens = [e for e in t.events or [] if e.type == "token"]
     if not tokens:
         return
@@ -542,8 +609,10 @@ def _run_rows(args, program, shared: dict[str, Any], batch: tuple[list[int], lis
                    dynamic_ncols=True, desc="rows")
         try:
             for k, outcome in api.run_batch(program.query.source, [r for _, r in todo], batch_size=args.batch_size,
-                                            model=args.model, engine=args.engine, seed=args.seed,
-                                            filename=program.filename, return_errors=True):
+                                            model=args.model, seed=args.seed, filename=program.filename,
+                                            return_errors=True, engine=args.engine, device=args.device,
+                                            dtype=args.dtype, ray=args.ray, workers=args.workers,
+                                            cache=_cache_setting(args), speculate=args.speculate):
                 index, row = todo[k]
                 if isinstance(outcome, LmqlError):
                     failed += 1

@@ -27,6 +27,7 @@ class Row:
     mask: Mask | None                       # None: the row needs no token (its result is complete)
     logprob: float = 0.0                    # the row's total so far (beam ranking)
     spell: Callable[[int | None], Hashable] | None = None  # the text it spells after a token (beam dedupe)
+    draft: int | None = None                # the token a speculative draft proposes here (None: no draft)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ class Argmax:
             if r.mask is None:
                 out.append(Choice(r.row, None))
                 continue
-            token, logprob = self.pick(masked(logits[r.row], r.mask))
+            scores = masked(logits[r.row], r.mask)
+            token, logprob = self.pick(scores) if r.draft is None else self.verify(scores, r.draft)
             out.append(Choice(r.row, token, logprob, r.mask.count))
         return out
 
@@ -59,6 +61,10 @@ class Argmax:
         """The token chosen from one row's masked scores (vocab,), and its log-probability."""
         token = int(np.argmax(scores))
         return token, log_softmax_at(scores, token)
+
+    def verify(self, scores: np.ndarray, draft: int) -> tuple[int, float]:
+        """The token chosen where a draft proposes `draft`; the most likely token whatever the draft."""
+        return self.pick(scores)
 
     def rank(self, results: list) -> list:
         """The results to report, in order."""
@@ -75,6 +81,22 @@ class Sample(Argmax):
 
     def pick(self, scores: np.ndarray) -> tuple[int, float]:
         return pick_sample(scores, self.options, self.rng)
+
+    def verify(self, scores: np.ndarray, draft: int) -> tuple[int, float]:
+        """Speculative sampling with a one-token draft: exactly the distribution `pick` draws from.
+
+        The draft is kept with its probability p(draft); otherwise a token is drawn from p with
+        the draft left out, renormalised — so every token t comes out with probability p(t).
+        """
+        logits = sampling_logits(scores, self.options)
+        weights = np.exp(logits.astype(np.float64) - logits.max())
+        total = weights.sum()
+        if self.rng.random() * total < weights[draft]:
+            return draft, log_softmax_at(logits, draft)
+        weights[draft] = 0.0
+        cumulative = np.cumsum(weights)
+        token = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right"))
+        return token, log_softmax_at(logits, token)
 
 
 class Beam(Argmax):

@@ -71,3 +71,7 @@ class QueryRuntimeError(LmqlError):
 class QueryTimeoutError(LmqlError):
     """The query ran past its time limit."""
     exit_code = 7
+
+
+class WorkerError(LmqlError):
+    """A worker process running rows of a batch (a Ray actor) died, and died again when its rows were retried."""

@@ -14,6 +14,7 @@ from .constraints.base import Guide, Mask
 from .errors import ConstraintError, LmqlError
 from .prompt import Prompt
 from .result import CUT, HoleEnd, TokenRecord
+from .speculate import forced_tokens
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Filling:
         self.wish: int | None = None       # the model's own pick among the tokens that would end the value
         self.cut = ""                      # "max_len" or "max_tokens" when one of them ended the hole
         self.watch: Watch | None = None    # while the runner is watching: the hole's events
+        self.record: tuple[str, list] | None = None  # (run cache key, [(token, logprob, how, allowed)...]) to keep
 
     @classmethod
     def begin(cls, hole: runtime.Hole, resolve: Callable[[str], Any], prompt: Prompt, runner, program) -> "Filling":
@@ -61,7 +63,8 @@ class Filling:
         except LmqlError as e:
             raise locate(e, hole, program)
         last = prompt.tokens[-1:]
-        prefix = prompt.take_back() if runner.options.healing else b""
+        # A served model cannot re-spell the prompt's last token under our mask: no healing there.
+        prefix = prompt.take_back() if runner.options.healing and not runner.served else b""
         prompt.healable = False
         if prefix and not guide.heal(prefix):  # healing would leave no value: the token goes back
             prompt.tokens += last
@@ -72,6 +75,8 @@ class Filling:
             raise filling.locate(ConstraintError(f"max_len={runner.options.max_len} is reached by the "
                                                  f"prompt before {hole.name} can be decoded"))
         filling.check_room()
+        if runner.replays is not None:  # the run cache: replay the hole, or record it to keep
+            runner.replays.begin(filling, term)
         return filling
 
     def check_room(self) -> None:
@@ -93,7 +98,7 @@ class Filling:
 
     def copy(self, prompt: Prompt) -> "Filling":
         twin = Filling.__new__(Filling)
-        twin.__dict__.update(self.__dict__, prompt=prompt, guide=self.guide.copy())
+        twin.__dict__.update(self.__dict__, prompt=prompt, guide=self.guide.copy(), record=None)
         return twin
 
     def locate(self, e: LmqlError) -> LmqlError:
@@ -115,6 +120,14 @@ class Filling:
         return b"".join(vocab[t] for t in self.prompt.tokens[self.start:]) + (vocab[token] if token is not None else b"")
 
     # ---- what needs no forward pass ----------------------------------------------------
+
+    def room(self) -> int:
+        """Tokens the hole may still take before a budget (max_len, max_tokens) ends it."""
+        options, used = self.runner.options, len(self.prompt.tokens)
+        room = options.max_len - used
+        if options.max_tokens is not None:
+            room = min(room, options.max_tokens - (used - self.start))
+        return room
 
     def budget_spent(self) -> bool:
         options, used = self.runner.options, len(self.prompt.tokens)
@@ -138,20 +151,10 @@ class Filling:
         Unless the forced text completes the hole, its last token is held back: the text that
         follows may merge with it (a forced " " before "neutral" is better written " neutral").
         """
-        forced = self.guide.forced()
-        if not forced:
+        ids, finishes = forced_tokens(self.guide, self.runner.model.encode)
+        if not ids:
             return False
-        try:
-            text = forced.decode("utf-8")
-        except UnicodeDecodeError:
-            return False
-        ids = self.runner.model.encode(text)
-        probe = self.guide.copy()
-        for tok in ids:
-            if not probe.allowed()[tok]:
-                return False  # the tokenizer spells it in a way the guide does not allow
-            probe.advance(tok)
-        if not probe.is_finished():
+        if not finishes:
             ids = ids[:-1]
         appended = False
         for tok in ids:
@@ -169,11 +172,62 @@ class Filling:
         self.take(int(mask.ids[0]), 0.0, "forced", 1)
         return True
 
+    def replay(self, taken: list) -> bool:
+        """Take the tokens a run cache entry kept, if the guide allows each of them in turn (False: none taken)."""
+        probe = self.guide.copy()
+        try:
+            for tok, _, _, _ in taken:
+                if probe.is_finished() or not probe.allowed()[tok]:
+                    return False
+                probe.advance(tok)
+        except (LmqlError, IndexError, TypeError, ValueError):
+            return False
+        for tok, logprob, how, allowed in taken:
+            self.take(tok, logprob, "cached" if how == "chosen" else how, allowed)
+        self.prompt.trace.cached_tokens += len(taken)
+        return True
+
+    # ---- a model on a server -----------------------------------------------------------
+
+    def ask(self, row: int):
+        """The served model's text for the hole, from one request (changes nothing here: requests of several rows run at once)."""
+        model, options = self.runner.model, self.runner.options
+        room = options.max_len - len(self.prompt.tokens)
+        if options.max_tokens is not None:
+            room = min(room, options.max_tokens)
+        try:
+            return model.fill(self.prompt.tokens, self.guide, options, row, room)
+        except LmqlError as e:
+            raise self.locate(e)
+
+    def accept(self, filled) -> None:
+        """The server's text taken through the guide token by token, as a value decoded here would be; ConstraintError if it fails."""
+        model = self.runner.model
+        server = f"{model.dialect.name} ({model.name})"
+        try:
+            for tok in model.encode(filled.text):
+                if self.guide.is_finished():  # a stop phrase ended it: what follows is not the value's
+                    break
+                self.take(tok, 0.0, "served", 0)
+            if not self.guide.is_finished():
+                self.take(min(model.vocabulary.eos_ids), 0.0, "served", 0)
+                if filled.closing:  # the trace says the model wrote a character that cannot continue the value
+                    self.wish = (model.encode(filled.closing) or [None])[0]
+        except ConstraintError as e:
+            why = "it ran out of tokens" if filled.finish == "length" else "it does not satisfy the constraint"
+            raise self.locate(ConstraintError(f"{server} returned {filled.text!r} for {self.hole.name}, and {why} "
+                                              f"({e.message})")) from None
+        self.logprob = filled.logprob
+        self.prompt.trace.notes.append(f"{self.hole.name}: filled by {server} in one request "
+                                       f"(enforced there: {filled.how}), checked here")
+
     # ---- tokens and the end ------------------------------------------------------------
 
     def take(self, tok: int, logprob: float, how: str, allowed: int) -> None:
         """Append one token (chosen by the decoder or forced) to the hole."""
         trace = self.prompt.trace
+        if self.record is not None:
+            self.record[1].append((tok, logprob, how, allowed))
         healed = bool(self.heal_prefix) and len(self.prompt.tokens) == self.start  # the token re-spells the prompt's
         seconds = 0.0
         if trace.tokens is not None or self.watch is not None:
@@ -243,6 +297,8 @@ class Filling:
             w = self.watch
             w.report(events.HoleEnd, name=self.hole.name, value=value, text=text, reason=reason, tokens=w.taken,
                      passes=self.prompt.trace.forward_passes - w.passes)
+        if self.record is not None:
+            self.runner.replays.finish(self)
         return text, value
 
     def why_ended(self) -> tuple[str, str]:

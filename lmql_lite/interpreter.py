@@ -9,21 +9,27 @@ Every decoder goes through the same loop (`Runner.run`):
 2. forward: one pass over all rows, each fed the tokens it queued → numpy logits (rows, vocab);
 3. step: the decoder picks the next rows from the masked logits, (parent_row, token, logprob);
 4. apply: rows the decoder dropped or continued twice are selected (forks), then each takes its token.
+
+With speculative drafts (speculate.py), a pass may also feed each row a draft after its queued
+tokens; steps 3 and 4 then repeat at each draft position while the decoder agrees with it
+(`_verify`), and the rejected positions are truncated.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from . import decoders
+from . import decoders, runcache, speculate
 from . import events as events_
 from .branch import Branch
 from .deadline import Expired
 from .decoders import Choice
-from .errors import QueryArgumentError
+from .errors import ModelError, QueryArgumentError
 from .index import TokenIndex
 from .options import DecoderOptions
 from .result import Result
@@ -36,7 +42,7 @@ class Runner:
 
     def __init__(self, model, index: TokenIndex, options: DecoderOptions,
                  on_text: Callable[[int, str, str], None] | None = None, record_tokens: bool = False,
-                 events: Callable[[events_.Event], None] | None = None, detail: int = 0):
+                 events: Callable[[events_.Event], None] | None = None, detail: int = 0, cache: Any = None):
         self.model = model
         self.index = index
         self.options = options
@@ -45,9 +51,14 @@ class Runner:
         self.record_tokens = record_tokens
         self.events = events               # the event sink (events.py); None: no events are made
         self.detail = detail               # > 0: token events carry p_raw and the top `detail` alternatives
+        self.cache = cache                 # the run cache setting (runcache.from_setting)
+        self.replays: runcache.Replays | None = None
         self.eos_id = min(model.vocabulary.eos_ids) if model.vocabulary.eos_ids else None
         self.eos_ids = np.array(sorted(model.vocabulary.eos_ids), np.int64)
         self.after_text = _after_text(model.vocabulary)
+        # A model on a server (models/remote.py) fills each hole with one request, not token by token.
+        self.served = callable(getattr(model, "fill", None))
+        self.drafter = speculate.for_options(options, model)  # None: one token per pass
         self._batch = None
         self.branches: list[Branch] = []
 
@@ -79,10 +90,20 @@ class Runner:
     def run(self, starts: list[tuple[Callable[[], Iterator], Any]]) -> list[Result]:
         if not self.options.decoder.batches_inputs and len(starts) != 1:
             raise QueryArgumentError(f"{self.options.name} decoding runs one input at a time")
+        if self.served and self.options.name == "beam":
+            raise ModelError(f"beam decoding needs every row's logits under our masks, which {self.model.name} "
+                             "(a model on a server) does not give; use argmax or sample")
         self._batch = None
+        self.replays = runcache.Replays.for_run(self.cache, self.model, self.options, self.decoder, len(starts))
         self.branches = [Branch(self, start, program, row) for row, (start, program) in enumerate(starts)]
         try:
             while active := self._settle():
+                if self.served:
+                    self._ask(active)                                # one request per row's hole, all at once
+                    continue
+                if drafts := self._drafts(active):
+                    self._verify(active, drafts)                     # several tokens from one pass
+                    continue
                 logits = self._forward(active, masked=not self.detail)  # (rows, vocab) float32
                 if self.detail:
                     self._look(active, logits)                       # the unmasked distribution, for events
@@ -104,6 +125,18 @@ class Runner:
         for b in self.branches:
             b.settle()
         return [b for b in self.branches if b.needs_logits()]
+
+    def _ask(self, active: list[Branch]) -> None:
+        """A served model fills each active row's hole: the requests go at once (a server batches them), the texts are taken in row order."""
+        if len(active) == 1:
+            replies = [active[0].filling.ask(active[0].row)]
+        else:
+            with ThreadPoolExecutor(max_workers=min(len(active), self.SERVED_REQUESTS)) as pool:
+                replies = list(pool.map(lambda b: b.filling.ask(b.row), active))
+        for b, filled in zip(active, replies):
+            b.accept(filled)
+
+    SERVED_REQUESTS = 16  # requests in flight at once to a server
 
     def _forward(self, active: list[Branch], masked: bool = True) -> np.ndarray:
         """One forward pass: each active branch feeds the tokens it queued.  → (rows, vocab)
@@ -128,6 +161,88 @@ class Runner:
             return np.broadcast_to(logits, (rows, logits.shape[1]))
         return self.batch.step(feeds, only=only)
 
+    # ---- speculative drafts -------------------------------------------------------------
+
+    def _drafts(self, active: list[Branch]) -> dict[Branch, list[int]]:
+        """Each active branch's draft for this pass (none when no row has one, or a row feeds a prompt)."""
+        d = self.drafter
+        if d is None or any(len(b.prompt.tokens) - b.prompt.fed > d.queued_limit for b in active):
+            return {}
+        drafts = {b: d.draft(b.filling, b.prompt.tokens, b.filling.room() - 1) for b in active}
+        return {b: draft for b, draft in drafts.items() if draft}
+
+    def _verify(self, active: list[Branch], drafts: dict[Branch, list[int]]) -> None:
+        """One pass over each row's queued tokens and its draft; the decoder chooses at each position in turn.
+
+        A branch goes on while its tokens are a prefix of what its row was fed: then the logits
+        after its last token are at hand. It stops at the first choice that differs from the draft,
+        or when its hole ends; the row then forgets every position the branch did not keep.
+        """
+        feeds: list[list[int]] = [[] for _ in self.branches]
+        for b in active:
+            draft = drafts.get(b, [])
+            feeds[b.row] = b.prompt.queued() + draft
+            b.trace.forward_passes += 1
+            b.trace.tokens_fed += len(feeds[b.row])
+            b.trace.drafted_tokens += len(draft)
+        out = self.batch.step_all(feeds)                              # per row (len(feed), vocab)
+        # per branch: (the index in its row of the token whose logits are out[row][0], where its draft begins)
+        held = {}
+        for b in active:
+            begins = len(b.prompt.tokens)
+            held[b] = (begins + len(drafts.get(b, [])) - max(len(feeds[b.row]), 1), begins)
+        going = list(active)
+        while going:
+            t0 = time.perf_counter()
+            logits = np.zeros((len(self.branches), out[0].shape[1]), np.float32)
+            rows = []
+            for b in self.branches:
+                at = self._position(b, held[b][0], len(out[b.row])) if b in going else None
+                if at is None:
+                    going = [g for g in going if g is not b]
+                    rows.append(decoders.Row(b.row, None))
+                    continue
+                logits[b.row] = out[b.row][at]
+                row_tokens = self.batch.tokens(b.row)
+                draft = row_tokens[len(b.prompt.tokens)] if len(b.prompt.tokens) < len(row_tokens) else None
+                rows.append(dataclasses.replace(b.decode_row(), draft=draft))
+            if not going:
+                break
+            if self.detail:
+                self._look(going, logits)                            # the unmasked distribution, for events
+            logits = self._with_ends(logits, rows)
+            choices = self.decoder.step(logits, rows)
+            spent = (time.perf_counter() - t0) / len(going)
+            for b in going:
+                b.trace.mask_seconds += spent
+            self._apply(choices)
+            for b in going:
+                b.settle()
+        for b in active:
+            self._keep(b, held[b][1])
+
+    def _position(self, b: Branch, first: int, n: int) -> int | None:
+        """Where in its row's logits the logits after `b`'s last token are; None when they are not there."""
+        tokens, fed = b.prompt.tokens, self.batch.tokens(b.row)
+        at = len(tokens) - 1 - first
+        if not b.needs_logits() or not 0 <= at < n or len(tokens) > len(fed) or fed[:len(tokens)] != tokens:
+            return None
+        return at
+
+    def _keep(self, b: Branch, drafted_from: int) -> None:
+        """Truncate `b`'s row to the tokens it kept; count the draft tokens kept."""
+        tokens, fed = b.prompt.tokens, self.batch.tokens(b.row)
+        common = 0
+        for mine, theirs in zip(tokens, fed):
+            if mine != theirs:
+                break
+            common += 1
+        self.batch.truncate(b.row, common)
+        b.prompt.fed = common
+        accepted = min(max(common - drafted_from, 0), len(fed) - drafted_from)
+        b.trace.accepted_tokens += accepted
+        if accepted == 0 and len(fed) > drafted_from and b.filling is not None:
+            self.drafter.rejected(b.filling)
     def _look(self, active: list[Branch], logits: np.ndarray) -> None:
         """Each active branch's unmasked distribution and its `detail` likeliest ids, before the mask and ends touch the logits."""
         k = min(self.detail, logits.shape[1])
@@ -184,6 +299,13 @@ class Runner:
 
     def score(self, branch: Branch, candidates: list[list[int]]) -> list[float]:
         """Total log-probability of each candidate continuing `branch`'s prompt (`distribution`), SCORE_CHUNK at a time."""
+        if self.served:
+            return self.model.score(branch.prompt.tokens, candidates)
+        if self.replays is not None:
+            return self.replays.scores(branch.prompt.tokens, candidates, lambda: self._score(branch, candidates))
+        return self._score(branch, candidates)
+
+    def _score(self, branch: Branch, candidates: list[list[int]]) -> list[float]:
         self._forward([branch], masked=False)  # the row holds its whole prompt, and its logits
         totals = []
         for at in range(0, len(candidates), self.SCORE_CHUNK):
@@ -203,11 +325,12 @@ def _after_text(vocab) -> np.ndarray:
 
 def run_program(program, model, index: TokenIndex, options: DecoderOptions,
                 starts: list[tuple[Callable[[], Iterator], Any]], *, on_text=None,
-                record_tokens: bool = False, events=None, detail: int = 0) -> list[Result]:
+                record_tokens: bool = False, events=None, detail: int = 0, cache: Any = None) -> list[Result]:
     """Decode each start (a generator factory and its program) on `model`; one result each (n for beam).
 
     `events` receives the run's events (events.py) as they happen; `detail` > 0 adds p_raw and
     the top `detail` alternatives to token events (a full softmax per token: only when asked).
+    `cache`: the run cache (a folder, True for the default one; None: `LMQL_LITE_CACHE_RUNS` decides).
     """
     return Runner(model, index, options, on_text=on_text, record_tokens=record_tokens, events=events,
-                  detail=detail).run(starts)
+                  detail=detail, cache=cache).run(starts)

@@ -33,7 +33,7 @@ DECODERS = (
 )
 # LMQL's runtime options for API batching, logging and caching: accepted, nothing to do locally
 IGNORED_OPTIONS = frozenset({"chunksize", "openai_chunksize", "openai_nonstop", "chunk_timeout", "verbose", "cache"})
-SHARED_OPTIONS = frozenset({"max_len", "max_tokens", "healing"}) | IGNORED_OPTIONS
+SHARED_OPTIONS = frozenset({"max_len", "max_tokens", "healing", "speculate"}) | IGNORED_OPTIONS
 # LMQL's options that change scores, which lmql_lite does not implement: refused, not ignored
 UNSUPPORTED_OPTIONS = frozenset({"repetition_penalty", "frequency_penalty", "presence_penalty"})
 
@@ -57,6 +57,7 @@ class DecoderOptions:
     max_len: int = 2048               # tokens in the whole sequence, prompt included
     max_tokens: int | None = None     # tokens per hole (LMQL's option of that name)
     healing: bool = True              # token healing at the start of each hole
+    speculate: bool | None = None     # drafts verified in one pass; None: where it pays (argmax), False: never
 
     def __post_init__(self):
         row = decoder(self.name)
@@ -109,3 +110,5 @@ def check_options(o: DecoderOptions) -> None:
     integer("max_tokens", o.max_tokens, 1, optional=True)
     if not isinstance(o.healing, bool):
         raise QueryArgumentError(f"{o.name}: healing must be True or False, got {o.healing!r}")
+    if o.speculate is not None and not isinstance(o.speculate, bool):
+        raise QueryArgumentError(f"{o.name}: speculate must be True or False, got {o.speculate!r}")

@@ -13,7 +13,7 @@ class TokenRecord:
     token: int
     text: str
     allowed: int          # tokens the mask allowed at this step (0 for forced tokens)
-    how: str              # "chosen" or "forced"
+    how: str              # "chosen", "forced" or "cached" (chosen in a run whose work the run cache kept)
     logprob: float        # under the masked distribution the decoder chose from
     seconds: float        # since the previous token of the hole (or its start): forward pass and choice
 
@@ -36,11 +36,19 @@ class Trace:
     prompt_tokens: int = 0     # tokens of prompt text (chat markers included)
     generated_tokens: int = 0  # hole tokens chosen by the decoder
     forced_tokens: int = 0     # hole tokens appended without a choice (fast-forward)
+    cached_tokens: int = 0     # hole tokens replayed from the run cache (counted above too, with no pass)
     mask_seconds: float = 0.0  # time spent building and applying masks
+    drafted_tokens: int = 0    # speculative draft tokens fed to the model
+    accepted_tokens: int = 0   # of them, those the result kept (the rest were rejected and truncated)
     notes: list[str] = field(default_factory=list)
     tokens: list[TokenRecord] | None = None
     ends: list[HoleEnd] = field(default_factory=list)
     events: list | None = None  # the result's events (events.py), kept by a run with trace or events
+
+    @property
+    def rejected_tokens(self) -> int:
+        """Draft tokens fed to the model and then truncated."""
+        return self.drafted_tokens - self.accepted_tokens
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """JSON holes: a JSON Schema, dataclass, pydantic model or typing type → the regular language of its JSON texts, and text → value.
 
-The texts have json.dumps's layout, properties in the schema's order, each separator between
-members ("," and ":") followed by one space or none as the model likes (`{"a": 1, "b": 2}` and
-`{"a":1,"b":2}`: the compact layout alone forbids the `, ` a model wants after a number, and the
-number then grows digit by digit); no other free whitespace, so a small model cannot loop on
-newlines and the language is a byte DFA like any regex: masks are exact and token budgets
+The texts have json.dumps's layout, properties in the schema's order, `", "` between members and
+`": "` after a key (`{"a": 1, "b": [2, 3]}`): the text between two values is forced (no forward
+pass), and models write JSON this way (the compact layout steered a small model into `"tags":[]`
+and into numbers that grew digit by digit). No other free whitespace, so a small model cannot loop
+on newlines, and the language is a byte DFA like any regex: masks are exact and token budgets
 close the value in time. Keywords are either compiled into the language exactly, or (where a regular language
 cannot say it compactly) masked by a superset and checked on the value: number bounds that are
 not integers, exclusive number bounds, bounds past 10**15 in size, `oneOf` (only one branch may
@@ -73,6 +73,12 @@ def _language(key: Any) -> Dfa:
 def language(spec: Any) -> Dfa:
     """The byte DFA of the JSON texts of `spec` (a schema dict or a JSON type)."""
     return _language(_key(spec))
+
+
+def schema(spec: Any) -> dict:
+    """The JSON schema `spec` stands for (a schema dict as given, a JSON type's derived one)."""
+    key = _key(spec)
+    return json.loads(key) if isinstance(key, str) else _schema_of(key)
 
 
 def converter(spec: Any) -> Callable[[str], Any]:
@@ -298,11 +304,11 @@ class _Compiler:
         return nfa.literal(dumps(obj).encode())
 
     def separator(self, mark: bytes) -> tuple[int, int]:
-        """`mark` ("," or ":") between members, followed by one space or none."""
-        return self.nfa.either([self.nfa.literal(mark), self.nfa.literal(mark + b" ")])
+        """`mark` ("," or ":") between members, and the space json.dumps writes after it."""
+        return self.nfa.literal(mark + b" ")
 
     def members(self, value: Callable[[], tuple[int, int]]) -> tuple[int, int]:
-        """An object with any string keys: {"k":v,...}."""
+        """An object with any string keys: {"k": v, ...}."""
         key = lambda: self.nfa.chain(self.nfa.embed(regex_dfa(f'"{CHAR}*"')), self.separator(b":"), value())
         return self.array({}, key, b"{}")
 

@@ -28,6 +28,17 @@ class Batch(Protocol):
         passes a hole's allowed tokens when they are few). The ids given are always exact.
         """
 
+    def step_all(self, feeds: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """`step` that keeps the logits after every token fed: one forward pass, each token once.
+
+        Per row a numpy float32 array (len(feed), len(vocabulary)), owned by the caller: row r's
+        i-th line is the logits after its i-th new token; a row fed nothing gets (1, vocab), the
+        logits after its current last token (zeros when it holds none). `step(feeds)[r]` equals
+        `step_all(feeds)[r][-1]`. Speculative drafts are verified this way: the interpreter feeds
+        a draft, reads the logits at each of its positions, then `truncate`s what it rejects, and
+        the rows afterwards are as if the rejected tokens had never been fed.
+        """
+
     def score(self, row: int, continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Per continuation, the log-probability of each of its tokens (len, ) float64 after `row`'s
         tokens and the continuation's tokens before it — `distribution` clauses. The rows are

@@ -1,6 +1,7 @@
 """A tiny deterministic language model for exact tests: a fixed vocabulary and logits that are a pure function of the last two tokens."""
 from __future__ import annotations
 
+import hashlib
 from typing import Sequence
 
 import numpy as np
@@ -44,6 +45,12 @@ class FakeModel:
         # Greedy longest match over the encodable (non-special, non-split) tokens.
         self._by_text = {s: i for i, s in enumerate(tokens) if i > 1}
         self._longest = max(len(s) for s in self._by_text)
+
+    def fingerprint(self) -> str:
+        """What its logits depend on (the run cache's model identity): vocabulary, seed and bias."""
+        h = hashlib.sha256(repr((self._strings, self._seed)).encode())
+        h.update(self._bias.tobytes())
+        return h.hexdigest()
 
     def logits_for(self, tokens: Sequence[int]) -> np.ndarray:
         """The model: logits after `tokens`, a function of the last two of them."""
@@ -90,6 +97,8 @@ class FakeModel:
 class FakeBatch:
     """Rows of token lists; every step recomputes logits from each row's tokens (no cache to get wrong)."""
 
+    sparse = True  # honour `only=` as a sparse output head would (-inf outside it)
+
     def __init__(self, model: FakeModel, rows: int):
         self.model = model
         self._rows: list[list[int]] = [[] for _ in range(rows)]
@@ -107,11 +116,27 @@ class FakeBatch:
             if not row:
                 continue
             out[r] = self.model.logits_for(row)
-            if only is not None and only[r] is not None:
+            if self.sparse and only is not None and only[r] is not None:
                 # Like a real model's sparse output head: the logits outside `only` are not computed.
                 kept = np.full(out.shape[1], -np.inf, np.float32)
                 kept[only[r]] = out[r, only[r]]
                 out[r] = kept
+        return out
+
+    def step_all(self, feeds: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        if len(feeds) != len(self._rows):
+            raise ValueError(f"step_all() got {len(feeds)} feeds for {len(self._rows)} rows")
+        self.forward_passes += 1
+        out = []
+        for row, feed in zip(self._rows, feeds):
+            steps = []
+            for token in feed:
+                row.append(token)
+                steps.append(self.model.logits_for(row))
+            self.tokens_fed += len(feed)
+            if not steps:
+                steps.append(self.model.logits_for(row) if row else np.zeros(len(self.model.vocabulary), np.float32))
+            out.append(np.array(steps, np.float32))
         return out
 
     def score(self, row: int, continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:

@@ -42,10 +42,14 @@ ll.llama_log_set(_forward_log, ctypes.c_void_p(0))
 ll.llama_backend_init()
 
 
-def load_model(name: str | None = None, threads: int | None = None) -> "LlamaCppModel":
-    """The default model (None) or a `.gguf` file, loaded by llama.cpp (no conversion); `threads`
-    (None: every core this process may use) compute each decode."""
+def load_model(name: str | None = None, *, device: str = "auto", dtype: str = "auto",
+               threads: int | None = None) -> "LlamaCppModel":
+    """The default model (None) or a `.gguf` file, loaded by llama.cpp (no conversion), on the CPU in
+    the file's own precision; `threads` (None: every core this process may use) compute each decode."""
     check_name(name)
+    if device not in ("auto", "cpu") or dtype != "auto":
+        raise ModelError(f"the llama.cpp engine runs on the CPU in the GGUF file's own precision: device={device!r} "
+                         f"dtype={dtype!r} need engine='transformers' (--engine transformers)")
     if name is None:
         return LlamaCppModel(default_gguf(), DEFAULT_NAME, threads)
     path = Path(name).expanduser()

@@ -35,6 +35,10 @@ class RandomModel:
         self.vocabulary: Vocabulary = vocabulary_from_tokenizer(self.tokenizer)
         self.bos_ids: list[int] = []
 
+    def fingerprint(self) -> str:
+        """Its logits depend on the seed alone (the vocabulary has a fingerprint of its own)."""
+        return f"seed={self.seed}"
+
     def logits_for(self, tokens: Sequence[int]) -> np.ndarray:
         """The model: standard-normal logits seeded by the seed and a checksum of `tokens`."""
         digest = zlib.crc32(np.asarray(tokens, dtype=np.int64).tobytes())
@@ -62,21 +66,11 @@ class RandomModel:
 class RandomBatch(FakeBatch):
     """Rows of token lists; each step draws every row's logits afresh from its tokens.
 
-    The fake batch's rows, truncate, select and tokens; its own step (it computes every logit,
-    whatever `only` asks) and score (no logits before the first token).
+    The fake batch's rows, truncate, select, tokens, step and step_all (with every logit computed,
+    whatever `only` asks); its own score (no logits before the first token).
     """
 
-    def step(self, feeds: Sequence[Sequence[int]], only=None) -> np.ndarray:
-        if len(feeds) != len(self._rows):
-            raise ValueError(f"step() got {len(feeds)} feeds for {len(self._rows)} rows")
-        self.forward_passes += 1
-        out = np.zeros((len(self._rows), len(self.model.vocabulary)), np.float32)
-        for r, (row, feed) in enumerate(zip(self._rows, feeds)):
-            row.extend(feed)
-            self.tokens_fed += len(feed)
-            if row:
-                out[r] = self.model.logits_for(row)
-        return out
+    sparse = False  # every logit is computed, whatever `only` asks
 
     def score(self, row: int, continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
         prefix = self._rows[row]

@@ -14,7 +14,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -24,28 +24,82 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Dynami
 from .. import cache
 from ..errors import LmqlError, ModelError
 from ..index import Vocabulary
-from . import check_name
+from . import check_name, is_nanogpt
 from .default import DEFAULT_GGUF, DEFAULT_NAME, DEFAULT_PACKAGE  # noqa: F401
 from .default import default_gguf as _default_gguf
 from .hf_tokenizer import PLAIN_ROLE_MARKERS, chat_markers, vocabulary_from_tokenizer  # noqa: F401
 
 
-def load_model(name: str | None = None, threads: int | None = None) -> "TransformersModel":
-    """The default model (None), a local directory holding a causal LM, a `.gguf` file (converted once into the cache), or a hub id from the user's cache (or the network).
 
-    `threads`: torch's intra-op threads (process-wide), when given; torch's own default otherwise.
-    """
+def load_model(name: str | None = None, *, device: str = "auto", dtype: str = "auto",
+               threads: int | None = None) -> "TransformersModel":
+    """The default model (None), a local directory holding a causal LM, a `.gguf` file (converted
+    once into the cache), a nanoGPT checkpoint (a `.pt` file, or a folder holding `ckpt.pt`), or a
+    hub id from the user's cache (or the network); on `device` in `dtype` (see `placement`).
+    `threads`: torch's intra-op threads (process-wide) when given; torch's own default otherwise."""
     check_name(name)
     if threads is not None:
         torch.set_num_threads(threads)
+    place = placement(device, dtype)
     if name is None:
-        return _load_default()
+        return _load_default(place)
     path = Path(name).expanduser()
+    if is_nanogpt(path):
+        from .nanogpt import load_checkpoint
+        return load_checkpoint(path, name, place)
     if path.is_file():
-        return _load_gguf(path, name)
+        return _load_gguf(path, name, place)
     if path.exists():
-        return _load(str(path), name)
-    return _load(name, name)
+        return _load(str(path), name, place)
+    return _load(name, name, place)
+
+
+class Placement(NamedTuple):
+    device: torch.device
+    dtype: torch.dtype
+
+
+def placement(device: str = "auto", dtype: str = "auto") -> Placement:
+    """The torch device and dtype for `device` (auto, cpu, cuda, cuda:N, mps) and `dtype` (auto,
+    float32, float16, bfloat16), as `models.placement` spells them.
+
+    auto: CUDA when a GPU is visible, else Apple's MPS when there, else the CPU; float32 on the
+    CPU, bfloat16 on a GPU that supports it, else float16. A device that is not there is a
+    ModelError naming the ones that are.
+    """
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    chosen = torch.device(device)
+    here = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
+    here += ["mps"] if has_mps else []
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        why = ("this torch is a CPU build, without CUDA (install a CUDA build of torch)" if torch.version.cuda is None
+               else "no CUDA GPU is visible (check the driver and CUDA_VISIBLE_DEVICES)")
+        raise ModelError(f"device {device!r} is not available: {why}; available here: {', '.join(here)}")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise ModelError(f"device {device!r} is not available: there are {torch.cuda.device_count()} CUDA "
+                         f"GPUs; available here: {', '.join(here)}")
+    if chosen.type == "mps" and not has_mps:
+        raise ModelError(f"device 'mps' is not available (Apple silicon with an MPS build of torch); "
+                         f"available here: {', '.join(here)}")
+    if dtype == "auto":
+        if chosen.type == "cpu":
+            dtype = "float32"
+        elif chosen.type == "cuda" and _native_bfloat16():
+            dtype = "bfloat16"
+        else:
+            dtype = "float16"
+    return Placement(chosen, getattr(torch, dtype))
+
+
+def _native_bfloat16() -> bool:
+    # Whether the GPU computes in bfloat16 itself (Ampere and later), not by emulation, which is slow.
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3 counts native support only
+        return torch.cuda.is_bf16_supported()
 
 
 class TransformersModel:
@@ -65,6 +119,12 @@ class TransformersModel:
     def vocabulary(self) -> Vocabulary:
         width = self.module.get_output_embeddings().weight.shape[0]
         return vocabulary_from_tokenizer(self.tokenizer, width, eos_ids=_config_eos_ids(self.module))
+
+    def fingerprint(self) -> str:
+        """A digest of the weights, the run cache's model identity (not the name): the weight files'
+        bytes and the config where the model came from a folder (each file read once, see
+        `cache.file_digest`), else the parameters in memory."""
+        return _weights_fingerprint(self.module)
 
     def encode(self, text: str, *, special: bool = False) -> list[int]:
         """Token ids of `text`, no special tokens added; with `special`, special tokens written in the text (chat markers) become their ids."""
@@ -106,6 +166,16 @@ class TransformersModel:
         return TransformersBatch(self.module, rows, *self._forward_arguments, head=lambda: self._head,
                                  plain_cache=self._plain_cache)
 
+    @property
+    def device(self) -> str:
+        """Where the model runs: cpu, cuda:0, mps..."""
+        return str(self.module.device)
+
+    @property
+    def dtype(self) -> str:
+        """The model's weights' precision: float32, bfloat16 or float16."""
+        return str(self.module.dtype).removeprefix("torch.")
+
     @functools.cached_property
     def _forward_arguments(self) -> tuple[str, str | None]:
         # The names of the cache and the "logits of the last n positions only" arguments, which
@@ -140,7 +210,8 @@ class TransformersModel:
             return None
         parameters = inspect.signature(body.forward).parameters
         cache_name = "cache" if "cache" in parameters else "past_key_values"
-        probe = torch.tensor([self.bos_ids + self.encode("The probe")])  # short: it costs two passes
+        # Short, any tokens (a character vocabulary may lack some letters): it costs two passes.
+        probe = torch.arange(min(8, layer.weight.shape[0]), device=layer.weight.device)[None]
         try:
             with torch.inference_mode():
                 full = module(input_ids=probe).logits[0, -1].float()
@@ -185,6 +256,9 @@ class TransformersBatch:
     def __init__(self, module, rows: int, cache_name: str = "past_key_values", keep_name: str | None = None,
                  head=None, plain_cache: bool = False):
         self._module = module
+        self._device = module.device  # every tensor the batch makes is made there
+        # Learned absolute positions (GPT-2, nanoGPT) end at n_positions: past it the model cannot run.
+        self._positions = getattr(module.config, "n_positions", None)
         self._head = head  # () -> OutputHead or None: asked the first time a step wants only some logits
         self._rows: list[list[int]] = [[] for _ in range(rows)]
         try:
@@ -207,14 +281,26 @@ class TransformersBatch:
         holds no tokens). `only`, per row None or an int array of token ids: the row's logits
         are needed at those ids only, and may be -inf elsewhere (see `OutputHead`).
         """
-        return self._run(feeds, False, only).numpy()
+        last = self._run(feeds, False, only)
+        return (last.clone() if last.device.type == "cpu" else last.cpu()).numpy()  # the caller's own copy
+
+    def step_all(self, feeds: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """`step` with the logits after every token fed: per row (len(feed), vocab); (1, vocab) for a row fed nothing."""
+        # A truncated row fed nothing has no logits at hand: its last token is fed again, and only its logits kept.
+        again = [not feed and not self._fresh[row] and bool(self._rows[row]) for row, feed in enumerate(feeds)]
+        inputs = [self._back_up(row) if back else list(feed) for row, (feed, back) in enumerate(zip(feeds, again))]
+        if not any(inputs):
+            last = self._previous()
+            return [last[row:row + 1].numpy().copy() for row in range(len(inputs))]
+        out = self._run(inputs, True)
+        return [(out[row] if inputs[row] else self._last[row:row + 1]).numpy().copy() for row in range(len(inputs))]
 
     @torch.inference_mode()
     def score(self, row: int, continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Log-probabilities of each continuation's tokens after `row`, in one pass over copies of the row."""
         rows, continuations = len(self._rows), [list(c) for c in continuations]
         full = self._fresh[row] and self._last is not None  # the logits after the row's last token are at hand
-        first = self._last[row].clone() if full else torch.zeros(self._width)
+        first = self._last[row].clone() if full else torch.zeros(self._width, device=self._device)
         self.select(list(range(rows)) + [row] * len(continuations))
         feeds = [[] for _ in range(rows)] + continuations
         backed_up = not full and bool(self._rows[row])
@@ -226,7 +312,7 @@ class TransformersBatch:
         for i, tokens in enumerate(continuations):
             logits = out[rows + i]  # (len(feed), vocab): after each token fed
             steps = logits[:len(tokens)] if backed_up else torch.cat([first[None], logits[:len(tokens) - 1]])
-            logprobs = torch.log_softmax(steps.double(), -1)
+            logprobs = torch.log_softmax(steps.cpu().double(), -1)  # on the host: MPS has no float64
             scores.append(logprobs[torch.arange(len(tokens)), torch.tensor(tokens, dtype=torch.long)].numpy())
         return scores
 
@@ -241,12 +327,14 @@ class TransformersBatch:
         if not all_logits and not all(feed or self._fresh[row] for row, feed in enumerate(feeds)):
             inputs = [feed or ([] if self._fresh[row] else self._back_up(row)) for row, feed in enumerate(feeds)]
         k = max(map(len, inputs))
+        if self._positions is not None and k:
+            self._check_positions(inputs)
         if k == 0:
-            return [torch.zeros((0, self._width)) for _ in feeds] if all_logits else self._previous().clone()
+            return [torch.zeros((0, self._width), device=self._device) for _ in feeds] if all_logits else self._previous()
         head, only = self._sparse_head(inputs, only) if not all_logits else (None, None)
         if self._mask is None and all(len(feed) == k for feed in inputs):
             # The hot path: no padding anywhere, so positions are cache positions.
-            arguments = {"input_ids": torch.tensor(inputs)}
+            arguments = {"input_ids": torch.tensor(inputs, device=self._device)}
         else:
             arguments = self._padded_inputs(inputs, k)
         if head is None:
@@ -264,7 +352,7 @@ class TransformersBatch:
             logits = out.logits.float()  # (rows, 1 or k, vocab)
             last = logits[:, -1]
         else:
-            last = torch.full((len(inputs), self._width), -torch.inf)
+            last = torch.full((len(inputs), self._width), -torch.inf, device=self._device)
             for row, feed in enumerate(inputs):
                 ids = only[row]
                 if not feed:
@@ -272,9 +360,9 @@ class TransformersBatch:
                 if ids is None:
                     last[row] = head.logits(hidden[row], None)
                 else:
-                    ids = torch.as_tensor(ids, dtype=torch.long)
+                    ids = torch.as_tensor(ids, dtype=torch.long).to(self._device)
                     last[row, ids] = head.logits(hidden[row], ids)
-        fed = torch.tensor([bool(feed) for feed in inputs])
+        fed = torch.tensor([bool(feed) for feed in inputs], device=self._device)
         if not bool(fed.all()):
             last = torch.where(fed[:, None], last, self._previous())
             last[[not tokens for tokens in self._rows]] = 0.0
@@ -287,7 +375,14 @@ class TransformersBatch:
         self._last = last
         if all_logits:
             return [logits[row, k - len(feed):] for row, feed in enumerate(feeds)]
-        return last.clone()
+        return last
+
+    def _check_positions(self, inputs: list[list[int]]) -> None:
+        longest = max(len(tokens) + len(feed) for tokens, feed in zip(self._rows, inputs))
+        if longest > self._positions:
+            raise ModelError(f"the model reads at most {self._positions} tokens (its context, n_positions or "
+                             f"nanoGPT's block_size) and a sequence would hold {longest}: shorten the prompt "
+                             "or bound the holes (len(TOKENS(X)) < n, or the decoder's max_len)")
 
     def _sparse_head(self, inputs: list[list[int]], only) -> tuple["OutputHead | None", list | None]:
         """(the output head, per row the ids to compute or None for all) when some fed row needs few
@@ -314,7 +409,7 @@ class TransformersBatch:
 
     def _previous(self) -> torch.Tensor:
         if self._last is None:
-            self._last = torch.zeros((len(self._rows), self._width))
+            self._last = torch.zeros((len(self._rows), self._width), device=self._device)
         return self._last
 
     @functools.cached_property
@@ -326,11 +421,13 @@ class TransformersBatch:
         rows = len(feeds)
         new = torch.zeros((rows, k), dtype=torch.bool)
         ids = torch.zeros((rows, k), dtype=torch.long)
-        for row, feed in enumerate(feeds):
+        for row, feed in enumerate(feeds):  # filled on the host, then moved in one copy each
             if feed:
                 new[row, k - len(feed):] = True
                 ids[row, k - len(feed):] = torch.tensor(feed)
-        old = self._mask if self._mask is not None else torch.ones((rows, self._length), dtype=torch.bool)
+        new, ids = new.to(self._device), ids.to(self._device)
+        old = self._mask if self._mask is not None else torch.ones((rows, self._length), dtype=torch.bool,
+                                                                    device=self._device)
         real_before = old.sum(dim=1, keepdim=True)  # (rows, 1)
         positions = real_before + (new.cumsum(dim=1) - 1).clamp(min=0)  # (rows, k); pads get any position
         self._mask = torch.cat([old, new], dim=1)
@@ -343,7 +440,7 @@ class TransformersBatch:
         if n >= len(tokens):
             return
         if self._mask is None:
-            self._mask = torch.ones((len(self._rows), self._length), dtype=torch.bool)
+            self._mask = torch.ones((len(self._rows), self._length), dtype=torch.bool, device=self._device)
         real = self._mask[row].nonzero().squeeze(1)
         self._mask[row, real[n:]] = False
         del tokens[n:]
@@ -354,7 +451,7 @@ class TransformersBatch:
     def select(self, rows: Sequence[int]) -> None:
         """Replace the rows by `rows` of the current ones (reorder, duplicate or drop)."""
         rows = list(rows)
-        index = torch.tensor(rows, dtype=torch.long)
+        index = torch.tensor(rows, dtype=torch.long, device=self._device)
         if self._length:
             self._cache.reorder_cache(index)
         if self._mask is not None:
@@ -391,6 +488,24 @@ def _config_eos_ids(module) -> list[int]:
     return ids
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def _weights_fingerprint(module) -> str:
+    folder = Path(str(getattr(module.config, "_name_or_path", "") or ""))
+    files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES) if folder.is_dir() else []
+    h = hashlib.sha256(str(module.dtype).encode())
+    if files and (folder / "config.json").is_file():
+        for p in [*files, folder / "config.json"]:
+            h.update(f"{p.name} {cache.file_digest(p)}\n".encode())
+        return h.hexdigest()
+    with torch.inference_mode():
+        for name, tensor in module.state_dict().items():
+            h.update(name.encode() + str(tuple(tensor.shape)).encode())
+            h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 @functools.cache
 def default_tokenizer():
     """The default model's tokenizer (building the model cache if needed)."""
@@ -399,11 +514,11 @@ def default_tokenizer():
         return AutoTokenizer.from_pretrained(str(folder))
 
 
-def _load_default() -> TransformersModel:
+def _load_default(place: Placement) -> TransformersModel:
     folder = _default_folder()
     try:
         with _quiet(), _model_errors(DEFAULT_NAME):
-            module = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+            module = _placed(AutoModelForCausalLM.from_pretrained(str(folder), dtype=place.dtype), place)
     except ModelError as e:
         if _is_out_of_memory(e.__cause__):
             raise
@@ -411,8 +526,13 @@ def _load_default() -> TransformersModel:
         # an interrupt is not a ModelError (see `_model_errors`) and never gets here.
         folder = cache.build(folder, default_identity(_default_gguf()), _convert_default)
         default_tokenizer.cache_clear()
-        return _load(str(folder), DEFAULT_NAME)
-    return TransformersModel(DEFAULT_NAME, module.eval(), default_tokenizer())
+        return _load(str(folder), DEFAULT_NAME, place)
+    return TransformersModel(DEFAULT_NAME, module, default_tokenizer())
+
+
+def _placed(module, place: Placement):
+    """`module` in evaluation mode on the placement's device (the weights are cast as they load)."""
+    return module.to(place.device).eval()
 
 
 def default_identity(gguf: Path) -> dict:
@@ -443,8 +563,9 @@ def _convert_default(out: Path) -> None:
     _convert_gguf(_default_gguf(), DEFAULT_NAME, out)
 
 
-def _load_gguf(gguf: Path, name: str) -> TransformersModel:
-    """A `.gguf` file, converted once into `<cache>/gguf/` (keyed by its path, size and modification time)."""
+def _load_gguf(gguf: Path, name: str, place: Placement) -> TransformersModel:
+    """A `.gguf` file, converted once into `<cache>/gguf/` (keyed by its path, size and modification
+    time; float32 whatever the dtype asked for, which is cast at load)."""
     _check_gguf(gguf, name)
     source = cache.file_identity(gguf)
     key = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
@@ -454,7 +575,7 @@ def _load_gguf(gguf: Path, name: str) -> TransformersModel:
     except OSError as e:
         raise ModelError(f"cannot write the model cache in {folder.parent}: {e.strerror or e}; "
                          "set LMQL_LITE_CACHE to a writable folder") from e
-    return _load(str(folder), name)
+    return _load(str(folder), name, place)
 
 
 def _check_gguf(gguf: Path, name: str) -> None:
@@ -490,7 +611,7 @@ def _convert_gguf(gguf: Path, name: str, out: Path) -> None:
                                 metadata={"format": "pt"})
 
 
-def _load(source: str, name: str) -> TransformersModel:
+def _load(source: str, name: str, place: Placement) -> TransformersModel:
     """Load a folder or hub id, turning every failure into a ModelError that says what is wrong."""
     with _quiet(), _model_errors(name):
         try:
@@ -504,14 +625,14 @@ def _load(source: str, name: str) -> TransformersModel:
             raise ModelError(f"model {name!r} not found: {why}") from e
         _check_causal(config, name)
         try:
-            module = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch.float32)
+            module = _placed(AutoModelForCausalLM.from_pretrained(source, config=config, dtype=place.dtype), place)
         except (OSError, ValueError) as e:
             raise ModelError(f"model {name!r} could not be loaded: {e}") from e
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError, TypeError) as e:
             raise ModelError(f"model {name!r} has no usable tokenizer: {e}") from e
-    return TransformersModel(name, module.eval(), tokenizer)
+    return TransformersModel(name, module, tokenizer)
 
 
 def _check_causal(config, name: str) -> None:

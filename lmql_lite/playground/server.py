@@ -1,6 +1,7 @@
 """The playground's web server (Starlette): the page, the examples, and runs streamed as server-sent events."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 from dataclasses import dataclass, field
@@ -38,9 +39,12 @@ class Settings:
 def example_files(settings: Settings) -> list[Path]:
     """The .lmq files the page offers: the examples shipped in the wheel (the repository's
     examples/ folder as `lmql_lite.examples`, or that folder in a checkout), then those beside FILE."""
-    try:
-        folders = [resources.files("lmql_lite.examples")]
-    except ModuleNotFoundError:  # a checkout run in place: the folder next to the package
+    # Installed, `lmql_lite.examples` is a namespace package (the folder has no __init__.py), whose
+    # resources.files() is a MultiplexedPath that str() does not turn into a path: take its folders.
+    spec = importlib.util.find_spec("lmql_lite.examples")
+    if spec is not None and spec.submodule_search_locations:
+        folders = [Path(p) for p in spec.submodule_search_locations]
+    else:  # a checkout run in place: the folder next to the package
         folders = [Path(__file__).resolve().parents[2] / "examples"]
     if settings.preload is not None:
         folders.append(settings.preload.parent)

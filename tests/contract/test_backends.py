@@ -17,7 +17,7 @@ from lmql_lite.models import base
 TEXTS = ["The capital of France is Paris.\n", "Is it on the coast? yes no", "Numbers: 2024-01-31", "Café"]
 
 
-@pytest.fixture(scope="module", params=["fake", "random", "transformers", "llama.cpp"])
+@pytest.fixture(scope="module", params=["fake", "random", "transformers", "nanogpt", "llama.cpp"])
 def model(request):
     if request.param == "fake":
         from lmql_lite.models.fake import FakeModel
@@ -28,6 +28,12 @@ def model(request):
     if request.param == "llama.cpp":
         pytest.importorskip("llama_cpp", reason="the llama extra (llama-cpp-python) is not installed")
         return load_model(None, engine="llama.cpp")
+    if request.param == "nanogpt":  # a character vocabulary holding every character these checks write
+        from lmql_lite.models.hf_tokenizer import PLAIN_ROLE_MARKERS
+        from nanogpt_ref import make_checkpoint
+        chars = sorted(set("".join(TEXTS) + "".join(a + b for a, b in PLAIN_ROLE_MARKERS.values()) + "a"))
+        ckpt, _ = make_checkpoint(request.getfixturevalue("tmp_path_factory").mktemp("nanogpt"), chars=chars)
+        return load_model(str(ckpt))
     return load_model("transformers:" + str(request.getfixturevalue("tiny_model_dir")))
 
 
@@ -150,9 +156,51 @@ def test_scoring_equals_step_by_step_logits(model, truncated):
     close(batch.step([[], []])[0], fresh_logits(model, prefix))
 
 
+def test_step_all_gives_the_step_by_step_logits_of_every_token_fed(model):
+    rng = random.Random(5)
+    prefixes = [model.bos_ids + model.encode(TEXTS[0]), ordinary(model, 3, rng), model.bos_ids + model.encode(TEXTS[2])]
+    feeds = [ordinary(model, 4, rng), [], ordinary(model, 1, rng)]
+    batch = model.batch(3)
+    batch.step(prefixes)
+    passes, fed = batch.forward_passes, batch.tokens_fed
+    out = batch.step_all(feeds)
+    assert (batch.forward_passes, batch.tokens_fed) == (passes + 1, fed + 5)  # one pass, each token once
+    assert [o.shape for o in out] == [(4, len(model.vocabulary)), (1, len(model.vocabulary)),
+                                     (1, len(model.vocabulary))]
+    assert all(o.dtype == np.float32 for o in out)
+    for row, (prefix, feed) in enumerate(zip(prefixes, feeds)):
+        assert batch.tokens(row) == prefix + feed
+        for i in range(max(len(feed), 1)):
+            close(out[row][i], fresh_logits(model, prefix + feed[:i + 1]))
+    out[0][:] = 0.0  # the caller's: the batch's next step is unaffected
+    close(batch.step([[], [], []])[0], fresh_logits(model, prefixes[0] + feeds[0]))
+
+
+def test_step_all_then_truncating_a_rejected_draft_leaves_no_trace_of_it(model):
+    rng = random.Random(6)
+    prefix, draft, other = model.bos_ids + model.encode(TEXTS[1]), ordinary(model, 5, rng), ordinary(model, 4, rng)
+    batch = model.batch(2)
+    batch.step([prefix, other])
+    batch.step_all([draft, ordinary(model, 2, rng)])
+    batch.truncate(0, len(prefix) + 2)  # two draft tokens accepted, three rejected
+    assert batch.tokens(0) == prefix + draft[:2]
+    fixed = ordinary(model, 1, rng)
+    logits = batch.step([fixed, []])
+    close(logits[0], fresh_logits(model, prefix + draft[:2] + fixed))
+    # a row fed nothing after its draft was cut gets the logits after its new last token
+    batch.step_all([ordinary(model, 3, rng), []])
+    batch.truncate(0, len(prefix) + 3)
+    out = batch.step_all([[], []])
+    assert out[0].shape == (1, len(model.vocabulary))
+    close(out[0][0], fresh_logits(model, prefix + draft[:2] + fixed))
+
+
 def test_end_of_sequence_ids_are_special_and_never_spelt(model):
     vocab = model.vocabulary
-    assert vocab.eos_ids and vocab.eos_ids <= vocab.special_ids
+    # nanoGPT's character vocabularies are the one kind with no end-of-sequence token (their holes
+    # end by constraints and budgets); every other backend has one.
+    from lmql_lite.models.nanogpt import CharModel
+    assert (vocab.eos_ids or isinstance(model, CharModel)) and vocab.eos_ids <= vocab.special_ids
     assert all(0 <= i < len(vocab) and vocab.tokens[i] == b"" for i in vocab.eos_ids)
     assert all(0 <= i < len(vocab) for i in model.bos_ids)
     for text in TEXTS:
@@ -181,7 +229,7 @@ def test_chat_markers_are_text_that_encodes_with_special_tokens(model):
 
 def test_backends_implement_the_protocol_names(model):
     batch = model.batch(1)
-    for name in ("step", "score", "truncate", "select", "tokens", "forward_passes", "tokens_fed"):
+    for name in ("step", "step_all", "score", "truncate", "select", "tokens", "forward_passes", "tokens_fed"):
         assert hasattr(batch, name) and hasattr(base.Batch, name)
     for name in ("encode", "decode", "role_markers", "chat_preamble", "batch"):
         assert callable(getattr(model, name)) and hasattr(base.LanguageModel, name)

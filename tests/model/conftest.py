@@ -7,6 +7,6 @@ import pytest
 @pytest.fixture(scope="session")
 def default_model():
     """The embedded default model (SmolLM2-135M-Instruct); the first run of all builds its cache (about a minute)."""
-    from lmql_lite.models.transformers import load_model
+    from lmql_lite.models import load_model  # through the dispatch: LMQL_LITE_DEVICE and LMQL_LITE_DTYPE apply
 
     return load_model(None)

@@ -24,7 +24,7 @@ def tiny_model(tiny_model_dir):
 def reference_logits(model, tokens):
     """Logits after the last of `tokens`, from one plain forward pass over all of them."""
     with torch.inference_mode():
-        return model.module(input_ids=torch.tensor([tokens])).logits[0, -1].float()
+        return model.module(input_ids=torch.tensor([tokens], device=model.module.device)).logits[0, -1].float().cpu()
 
 
 def assert_rows_match(model, batch, logits):

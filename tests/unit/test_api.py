@@ -190,12 +190,15 @@ def test_local_names_resolve_to_the_local_loader(monkeypatch, tmp_path):
     from lmql_lite.models import transformers as backend
     asked = []
     monkeypatch.setenv("LMQL_LITE_ENGINE", "transformers")  # the default model would run on llama.cpp when installed
-    monkeypatch.setattr(backend, "load_model", lambda name=None, threads=None: asked.append(name) or "loaded")
+    monkeypatch.delenv("LMQL_LITE_DEVICE", raising=False)
+    monkeypatch.delenv("LMQL_LITE_DTYPE", raising=False)
+    monkeypatch.setattr(backend, "load_model", lambda name=None, **placement: asked.append((name, placement)) or "loaded")
     (tmp_path / "config.json").write_text("{}")  # a model folder (check_name looks for its config)
     models.load_model("local:SmolLM2-135M-Instruct")
     models.load_model(f"local:{tmp_path}")
-    models.load_model("local:org/model", cuda=True, silent=True)
-    assert asked == [None, str(tmp_path), "org/model"]
+    models.load_model("local:org/model", cuda=True, silent=True)  # LMQL's cuda=True: the device cuda
+    auto = {"device": "auto", "dtype": "auto", "threads": None}
+    assert asked == [(None, auto), (str(tmp_path), auto), ("org/model", {**auto, "device": "cuda"})]
     with pytest.raises(lmql.ModelError, match="unknown option 'sed'; did you mean 'seed'"):
         models.load_model("random", sed=1)
 

@@ -1,9 +1,9 @@
 """JSON holes: masks equal a brute-force oracle, values are the parsed (and built) objects, unsupported schemas are refused.
 
 The oracle knows nothing of automata: it lists every value of a small schema (plain recursion),
-keeps those `jsonschema` validates, writes each in every layout a hole allows (json.dumps's order,
-each separator "," or ":" followed by one space or none), spells every text in every tokenization
-within the budget, and allows exactly the tokens that continue some such spelling.
+keeps those `jsonschema` validates, writes each as json.dumps does (its member order, ", " and ": "
+as separators), spells every text in every tokenization within the budget, and allows exactly
+the tokens that continue some such spelling.
 """
 from __future__ import annotations
 
@@ -99,26 +99,8 @@ def valid_texts(schema) -> set[bytes]:
             jsonschema.validate(v, schema)
         except jsonschema.ValidationError:
             continue
-        out.update(t.encode() for t in layouts(v))
+        out.add(json.dumps(v, ensure_ascii=False).encode())
     return out
-
-
-def layouts(v) -> list[str]:
-    """Every text of `v` in json.dumps's member order, each "," and ":" between members followed by a space or not."""
-    if isinstance(v, list):
-        return ["[" + body + "]" for body in _joined([layouts(x) for x in v])]
-    if isinstance(v, dict):
-        members = [[json.dumps(k, ensure_ascii=False) + colon + t for colon in (":", ": ") for t in layouts(x)]
-                   for k, x in v.items()]
-        return ["{" + body + "}" for body in _joined(members)]
-    return [json.dumps(v, ensure_ascii=False)]
-
-
-def _joined(parts: list[list[str]]) -> list[str]:
-    if not parts:
-        return [""]
-    return [first + sep + rest if rest else first for first in parts[0] for rest in _joined(parts[1:])
-            for sep in ((",", ", ") if rest else ("",))]
 
 
 class Oracle:
@@ -209,7 +191,8 @@ BYTE_INDEX = TokenIndex(Vocabulary((b"", b"") + tuple(bytes([b]) for b in range(
 
 
 def test_a_dataclass_hole_builds_the_instance():
-    text = '{"name":"Ada","age":36,"tags":["x"],"color":"red","kind":"b","home":{"city":"Oslo"},"pets":[{"city":"Rome","zip":"1"}]}'
+    text = ('{"name": "Ada", "age": 36, "tags": ["x"], "color": "red", "kind": "b", "home": {"city": "Oslo"}, '
+            '"pets": [{"city": "Rome", "zip": "1"}]}')
     value = write(None, text, hole_type=Person)
     assert value == Person("Ada", 36, ["x"], Color.RED, "b", Address("Oslo"), pets=[Address("Rome", "1")])
 
@@ -226,13 +209,13 @@ def test_a_pydantic_hole_builds_the_model():
         items: List[Item]
         note: Optional[str] = None
 
-    value = write(None, '{"items":[{"name":"pen","price":1.5,"color":"green"}]}', hole_type=Order)
+    value = write(None, '{"items": [{"name": "pen", "price": 1.5, "color": "green"}]}', hole_type=Order)
     assert value == Order(items=[Item(name="pen", price=1.5, color=Color.GREEN)])
 
 
 @pytest.mark.parametrize("hole_type, text, expected", [
-    (list[int], "[1,-2]", [1, -2]),
-    (dict[str, bool], '{"a":true}', {"a": True}),
+    (list[int], "[1, -2]", [1, -2]),
+    (dict[str, bool], '{"a": true}', {"a": True}),
     (Optional[Color], "null", None),
     (Literal["x", 3], "3", 3),
     (bool, "false", False),
@@ -242,14 +225,20 @@ def test_typing_types_are_json_holes(hole_type, text, expected):
 
 
 def test_a_schema_hole_is_the_parsed_object():
-    assert write(T.Json("X", {"type": "object", "properties": {"n": {"type": "number"}}}), '{"n":2.5e3}') == {"n": 2500.0}
+    assert write(T.Json("X", {"type": "object", "properties": {"n": {"type": "number"}}}), '{"n": 2.5e3}') == {"n": 2500.0}
 
 
-def test_layout_is_compact():
-    guide = compile_guide(T.Json("X", {"type": "object", "properties": {"a": BOOL}}), "X", BYTE_INDEX)
+def test_layout_is_json_dumps_and_forced_between_values():
+    guide = compile_guide(T.Json("X", {"type": "object", "properties": {"a": BOOL, "b": BOOL}, "required": ["a"]}),
+                          "X", BYTE_INDEX)
     guide.advance(ord("{") + 2)
     assert not guide.allowed()[ord(" ") + 2] and not guide.allowed()[ord("\n") + 2]
-    assert guide.forced() == b'"a":' or guide.allowed()[ord("}") + 2]
+    assert guide.forced() == b'"a": '
+    for b in b'"a": true':
+        guide.advance(b + 2)
+    assert guide.allowed()[ord(",") + 2] and guide.allowed()[ord("}") + 2]
+    guide.advance(ord(",") + 2)
+    assert guide.forced() == b' "b": '
 
 
 @pytest.mark.parametrize("bound, text", [({"maximum": 0.5}, "0.7"), ({"exclusiveMinimum": 1}, "1.0"),

@@ -7,7 +7,7 @@ from pathlib import Path
 import lmql_lite
 
 PACKAGE = Path(lmql_lite.__file__).parent
-ENGINES = {"models/transformers.py"}  # the modules allowed to import torch
+ENGINES = {"models/transformers.py", "models/nanogpt.py"}  # the modules allowed to import torch
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -49,7 +49,7 @@ def test_json_array_with_many_free_items_is_bounded_and_max_items_still_holds():
     schema = {"type": "array", "maxItems": 300}
     language, seconds = _timed(lambda: json_schema.language(schema))
     assert seconds < LOADED
-    assert language.accepts(b"[1,\"a\",[true]]")
+    assert language.accepts(b"[1, \"a\", [true]]")
     convert = json_schema.converter(schema)
     assert convert(json.dumps([0] * 300, separators=(",", ":"))) == [0] * 300
     with pytest.raises(ConstraintError, match="items"):
@@ -58,8 +58,8 @@ def test_json_array_with_many_free_items_is_bounded_and_max_items_still_holds():
 
 def test_json_array_with_simple_items_keeps_its_exact_count():
     language = json_schema.language({"type": "array", "items": {"type": "integer"}, "maxItems": 300})
-    assert language.accepts(("[" + ",".join(["7"] * 300) + "]").encode())
-    assert not language.accepts(("[" + ",".join(["7"] * 301) + "]").encode())
+    assert language.accepts(("[" + ", ".join(["7"] * 300) + "]").encode())
+    assert not language.accepts(("[" + ", ".join(["7"] * 301) + "]").encode())
 
 
 def test_exponential_regex_hits_the_state_budget_quickly_in_bounded_memory():

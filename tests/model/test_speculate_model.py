@@ -1,0 +1,53 @@
+"""Speculative drafts on the real default model: argmax writes the same with and without drafts, copying takes fewer passes."""
+import pytest
+
+import lmql_lite
+from lmql_lite import api
+
+pytestmark = pytest.mark.model
+
+DOC = ("Northwind Labs announced that Dr. Helena Vasquez-Moreau will lead its new research centre in Porto. "
+       "The centre opens in September 2025 and will employ 140 engineers. The budget is 48 million euros.")
+
+QUERIES = [
+    # copy a name (a stop phrase ends it)
+    f'"Article: {DOC}\\nQ: Who will lead the centre? Give the full name.\\nA:[NAME]" '
+    'where STOPS_AT(NAME, "\\n") and len(TOKENS(NAME)) < 20\n',
+    # quote a sentence, STOPS_BEFORE (the row is reconciled after the hole)
+    f'"Article: {DOC}\\nCopy the sentence that gives the budget.\\nSentence: \\"[Q]" '
+    'where STOPS_BEFORE(Q, "\\"") and len(TOKENS(Q)) < 30\n',
+    # a JSON-like record: forced text between holes, INT, a choice
+    f'"Article: {DOC}\\n{{{{\\n  \\"city\\": \\"[CITY]\\",\\n" where STOPS_BEFORE(CITY, \'"\') and len(TOKENS(CITY)) < 8\n'
+    '"  \\"engineers\\": [N],\\n" where INT(N) and len(TOKENS(N)) < 5\n'
+    '"  \\"month\\": \\"[M]\\"\\n}}}}" where M in ["May", "September", "October"]\n',
+    # a budget that ends the hole mid-copy; healing at the hole's start ("Vasq" re-spelt)
+    f'argmax(max_tokens=6)\n"Article: {DOC}\\nThe leader is Dr. Helena Vasq[X]"\n',
+    # a regex whose literal parts are forced
+    f'"Article: {DOC}\\nOpening: [D]" where REGEX(D, r"(January|September|May) 20[0-9][0-9]")\n',
+]
+
+
+@pytest.mark.parametrize("source", QUERIES)
+def test_drafts_write_what_one_token_per_pass_writes(default_model, source):
+    on = lmql_lite.run(source, model=default_model, trace=True)
+    off = lmql_lite.run(source, model=default_model, trace=True, speculate=False)
+    assert on.prompt == off.prompt and on.variables == off.variables
+    assert on.logprob == pytest.approx(off.logprob, abs=1e-3)
+    assert on.trace.forward_passes <= off.trace.forward_passes
+    assert off.trace.drafted_tokens == 0
+
+
+def test_copying_a_name_takes_fewer_passes_than_tokens(default_model):
+    r = lmql_lite.run(QUERIES[0], model=default_model, trace=True)
+    t = r.trace
+    assert "Vasquez-Moreau" in r.variables["NAME"]
+    assert t.accepted_tokens >= 3 and t.forward_passes < t.generated_tokens + t.forced_tokens
+
+
+def test_a_batch_with_drafts_writes_what_each_row_writes_alone(default_model):
+    source = (f'"Article: {DOC}\\nQ: {{question}}\\nA:[A]" where STOPS_AT(A, "\\n") and len(TOKENS(A)) < 16\n')
+    rows = [{"question": "Who will lead the centre?"}, {"question": "Where is the centre?"},
+            {"question": "How many engineers?"}]
+    together = dict(api.run_batch(source, rows, model=default_model, batch_size=3))
+    alone = dict(api.run_batch(source, rows, model=default_model, batch_size=1, speculate=False))
+    assert [together[i].prompt for i in range(3)] == [alone[i].prompt for i in range(3)]

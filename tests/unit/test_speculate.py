@@ -1,0 +1,214 @@
+"""Speculative drafts on the fake model: prompt lookup, drafts under the mask, argmax output identical with and without drafts,
+exact speculative sampling, and the batch rows holding only the accepted tokens."""
+import math
+
+import numpy as np
+import pytest
+
+import lmql_lite
+from lmql_lite import api, decoders, speculate
+from lmql_lite.constraints import Mask, compile_guide, terms
+from lmql_lite.decoders import DecoderOptions
+from lmql_lite.interpreter import Runner
+from lmql_lite.models.fake import FakeModel
+
+
+@pytest.fixture
+def fake():
+    return FakeModel()
+
+
+@pytest.mark.parametrize("tokens, limit, expected", [
+    ([1, 2, 3, 4, 5, 9, 2, 3], 3, [4, 5, 9]),       # the last 2 tokens (2, 3) seen before: what followed
+    ([7, 2, 3, 8, 1, 2, 3, 4, 6, 1, 2, 3], 2, [4, 6]),  # the latest match of the longest n-gram (1, 2, 3)
+    ([1, 2, 3, 4, 2, 3], 9, [4, 2, 3]),             # a proposal may run into the sequence's own end
+    ([1, 2, 3, 4, 5], 4, []),                       # no n-gram of two tokens repeats
+    ([5, 5], 3, []),                                # too short for any window
+])
+def test_prompt_lookup_proposes_what_followed_the_latest_match(tokens, limit, expected):
+    assert speculate.PromptLookup(longest=3, shortest=2).propose(tokens, limit) == expected
+
+
+class Listed:
+    """A proposer that always proposes the same tokens (to test the drafter's rules alone)."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def propose(self, tokens, limit):
+        return self.tokens[:limit]
+
+
+def filling_for(model, term, index):
+    from types import SimpleNamespace
+    guide = compile_guide(term, "X", index)
+    return SimpleNamespace(guide=guide)
+
+
+def test_a_draft_stops_at_the_first_token_the_constraint_forbids_and_leaves_the_guide_alone(fake):
+    index = api._index(fake)
+    enc = fake.encode
+    f = filling_for(fake, terms.Regex("X", r"[a-c]+"), index)
+    drafter = speculate.Drafter(Listed(enc("abcab") + enc("z") + enc("abc")), enc, fake.vocabulary.eos_ids)
+    before = f.guide.allowed().ids.copy()
+    assert drafter.draft(f, [], 20) == enc("abcab")
+    np.testing.assert_array_equal(f.guide.allowed().ids, before)  # drafting advanced a copy only
+    assert drafter.draft(f, [], 2) == enc("abcab")[:2]  # the room given is the most it drafts
+
+
+def test_a_wholly_rejected_draft_pauses_the_holes_drafts_for_a_few_passes(fake):
+    enc = fake.encode
+    f = filling_for(fake, terms.Regex("X", r"[a-c]+"), api._index(fake))
+    drafter = speculate.Drafter(Listed(enc("abc")), enc, fake.vocabulary.eos_ids, pause=2)
+    drafter.rejected(f)
+    assert [drafter.draft(f, [], 2) for _ in range(3)] == [[], [], enc("abc")]
+
+
+def test_forced_text_is_drafted_for_free(fake):
+    index = api._index(fake)
+    enc = fake.encode
+    # After "a", the regex forces "-2024": the drafter spells it without the proposer.
+    f = filling_for(fake, terms.Regex("X", r"(a|b)-2024!"), index)
+    drafter = speculate.Drafter(Listed(enc("a")), enc, fake.vocabulary.eos_ids)
+    draft = drafter.draft(f, [], 20)
+    assert fake.decode(draft) == "a-2024!"
+
+
+def run(source, model, **options):
+    return lmql_lite.run(source, model=model, trace=True, **options)
+
+
+PAGE = ("The meeting is on Tuesday in the blue room. The speaker is Ada Lovelace, who wrote the first program. "
+        "Ada Lovelace was born in 1815.")
+QUERIES = [
+    # free text that the fake model continues by copying (its logits depend on the last two tokens only)
+    f'"{PAGE}\\nQ: who spoke?\\nA: The speaker is[A]" where STOPS_AT(A, ".") and len(TOKENS(A)) < 30\n',
+    f'"{PAGE}\\nQ: when?\\nA: The meeting is[A]\\nB: Ada[B]" where len(TOKENS(A)) < 12 and len(TOKENS(B)) < 9\n',
+    # constraints that cut drafts: a regex, a choice list, an int, a budget
+    f'"{PAGE}\\nThe speaker is [A]" where REGEX(A, r"[A-Z][a-z]+( [A-Z][a-z]+)?")\n',
+    f'"{PAGE}\\nRoom: the[A]" where A in [" blue room", " red room", " blue"]\n',
+    f'"{PAGE}\\nBorn in [Y]" where INT(Y) and len(TOKENS(Y)) < 6\n',
+    f'argmax(max_tokens=5)\n"{PAGE}\\nThe speaker is[A]"\n',
+    # healing at a hole's start: the prompt ends inside a token the value re-spells
+    f'"{PAGE}\\nThe speaker is Ada Love[A]" where len(TOKENS(A)) < 8\n',
+    # a hole whose text the guide forces in part
+    f'"{PAGE}\\nDate: [D]" where REGEX(D, r"(Tuesday|Monday) in the (blue|red) room")\n',
+    # argmax with n equal rows
+    f'argmax(n=2)\n"{PAGE}\\nQ: who?\\nA: The speaker is[A]" where len(TOKENS(A)) < 10\n',
+]
+
+
+@pytest.mark.parametrize("source", QUERIES)
+def test_argmax_with_drafts_writes_exactly_what_it_writes_without(fake, source):
+    on, off = run(source, fake), run(source, fake, speculate=False)
+    on, off = (on if isinstance(on, list) else [on]), (off if isinstance(off, list) else [off])
+    for a, b in zip(on, off):
+        assert a.prompt == b.prompt and a.variables == b.variables
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+        assert [e.reason for e in a.trace.ends] == [e.reason for e in b.trace.ends]
+        assert b.trace.drafted_tokens == 0
+        t = a.trace
+        assert 0 <= t.accepted_tokens <= t.drafted_tokens and t.rejected_tokens == t.drafted_tokens - t.accepted_tokens
+        # what was fed is what the result kept (each token once) and the rejected drafts
+        assert t.tokens_fed - t.rejected_tokens <= t.prompt_tokens + t.generated_tokens + t.forced_tokens
+        assert t.forward_passes <= b.trace.forward_passes
+
+
+COPYABLE = 'REGEX(A, r"[a-z ]+") and len(TOKENS(A)) == 20'  # text that can go into a query's prompt
+
+
+def test_copying_takes_several_tokens_per_pass(fake):
+    # The fake model's logits depend on the last two tokens: after "Once" it writes what it wrote
+    # after "Once" before, so a page holding that text is one the model copies, as extraction does.
+    first = run(f'"Once[A]" where {COPYABLE}\n', fake, speculate=False).variables["A"]
+    source = f'"Notes: Once{first}\\nAgain: Once[A]" where {COPYABLE}\n'
+    a, b = run(source, fake), run(source, fake, speculate=False)
+    assert a.variables == b.variables and a.variables["A"] == first
+    assert a.trace.accepted_tokens >= 15 and a.trace.rejected_tokens <= a.trace.accepted_tokens
+    assert a.trace.forward_passes * 3 <= b.trace.forward_passes
+
+
+def test_rows_hold_only_the_accepted_tokens(fake):
+    """After the run, each batch row holds exactly its prompt's tokens: rejected positions were truncated."""
+    source = QUERIES[1]
+    program = api.load(source)
+    options = DecoderOptions()
+    runner = Runner(fake, api._index(fake), options)
+    results = runner.run(api._starts(program, [{}, {}]))
+    for row, branch in enumerate(runner.branches):
+        assert runner.batch.tokens(row) == branch.prompt.tokens[:branch.prompt.fed]
+        assert fake.decode(branch.prompt.tokens[:branch.prompt.fed]) in fake.decode(fake.bos_ids) + results[row].prompt
+    assert sum(r.trace.rejected_tokens for r in results) > 0  # the test saw rejections to truncate
+
+
+def test_run_batch_with_drafts_matches_one_at_a_time(fake):
+    source = '"{PAGE}\\nThe {what} is[A]" where STOPS_AT(A, ".") and len(TOKENS(A)) < 20\n'.replace("{PAGE}", PAGE)
+    rows = [{"what": "speaker"}, {"what": "meeting"}, {"what": "room"}]
+    together = dict(api.run_batch(source, rows, model=fake, batch_size=3))
+    alone = dict(api.run_batch(source, rows, model=fake, batch_size=1, speculate=False))
+    assert [together[i].prompt for i in range(3)] == [alone[i].prompt for i in range(3)]
+
+
+def test_speculate_is_an_option_checked_like_the_others(fake):
+    with pytest.raises(lmql_lite.errors.QueryArgumentError, match="speculate must be True or False"):
+        run('"a[A]"\n', fake, speculate="yes")
+    r = run(f'argmax(speculate=False)\n"{PAGE}\\nThe speaker is[A]" where len(TOKENS(A)) < 8\n', fake)
+    assert r.trace.drafted_tokens == 0
+
+
+@pytest.mark.parametrize("draft", [3, 8, 21, 2])  # likely, unlikely, the likeliest, outside the mask
+@pytest.mark.parametrize("options", [
+    DecoderOptions(name="sample", temperature=1.0),
+    DecoderOptions(name="sample", temperature=0.5, top_k=4),
+])
+def test_speculative_sampling_draws_from_the_distribution_sampling_does(draft, options):
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal(40).astype(np.float32) * 2
+    allowed = np.zeros(40, bool)
+    allowed[[1, 3, 5, 8, 13, 21, 34]] = True
+    scores = decoders.masked(logits, Mask(allowed))
+    sampler = decoders.Sample(DecoderOptions(**{**options.__dict__, "seed": 99}))
+    n = 6000
+    plain, drafted = np.zeros(40), np.zeros(40)
+    for _ in range(n):
+        plain[sampler.pick(scores)[0]] += 1
+        tok, logprob = sampler.verify(scores, draft)
+        drafted[tok] += 1
+    expected = plain / n  # the decoder's own sampling, computed independently in test_decoders.py
+    exact = np.exp(decoders.sampling_logits(scores, options) - decoders.sampling_logits(scores, options).max())
+    exact /= exact.sum()
+    assert drafted[exact == 0].sum() == 0
+    std = np.sqrt(n * exact * (1 - exact))
+    assert np.all(np.abs(drafted - n * exact) <= 4.5 * std + 1e-9)
+    assert np.all(np.abs(plain - n * exact) <= 4.5 * std + 1e-9)
+    assert logprob == pytest.approx(math.log(exact[tok]), rel=1e-4)
+    assert expected[exact == 0].sum() == 0
+
+
+def test_sampling_with_drafts_is_reproducible_and_follows_the_constraint(fake):
+    first = run(f'"Once[A]" where {COPYABLE}\n', fake, speculate=False).variables["A"]
+    source = f'sample(temperature=0.3, seed=7, speculate=True)\n"Notes: Once{first}\\nAgain: Once[A]" where {COPYABLE}\n'
+    a, b = run(source, fake), run(source, fake)
+    assert a.prompt == b.prompt and a.trace.drafted_tokens > 0
+    assert len(fake.encode(a.variables["A"])) < 25 and set(a.variables["A"]) <= set("abcdefghijklmnopqrstuvwxyz ")
+
+
+def test_beam_and_default_sampling_do_not_draft(fake):
+    for head in ("beam(n=2)", "sample(seed=1)"):
+        r = run(f'{head}\n"{PAGE}\\nThe speaker is[A]" where len(TOKENS(A)) < 6\n', fake)
+        for result in (r if isinstance(r, list) else [r]):
+            assert result.trace.drafted_tokens == 0
+
+
+def test_token_events_with_drafts_are_those_without(fake):
+    """Watched runs (`--trace`, the playground) draft too, and report every token as a one-token pass would."""
+    first = run(f'"Once[A]" where {COPYABLE}\n', fake, speculate=False).variables["A"]
+    program = api.load(f'"Notes: Once{first}\\nAgain: Once[A]" where {COPYABLE}\n')
+    seen = {}
+    for speculate_ in (None, False):
+        got = []
+        runner = Runner(fake, api._index(fake), DecoderOptions(speculate=speculate_), events=got.append, detail=3)
+        (result,) = runner.run(api._starts(program, [{}]))
+        seen[speculate_] = ([(e.id, e.how, round(e.p_raw or 0, 5), [a.id for a in e.top])
+                             for e in got if e.type == "token"], result.trace.drafted_tokens)
+    assert seen[None][0] == seen[False][0] and seen[None][1] > 0 and seen[False][1] == 0
