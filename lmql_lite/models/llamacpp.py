@@ -25,6 +25,8 @@ from .default import DEFAULT_NAME, default_gguf
 from .hf_tokenizer import END_OF_TEXT, chat_markers
 
 FIRST_CELLS = 512  # key/value cells per sequence in a new context; it grows (doubling) when a row needs more
+PIECE = 512  # the most tokens one llama_decode is given (llama.cpp's batch and micro-batch size)
+MIN_SEQUENCES = 4  # sequences a new context has room for at least: a row and its copies (scoring, beams) fit
 SPECIAL_ATTRIBUTES = ll.LLAMA_TOKEN_ATTR_CONTROL | ll.LLAMA_TOKEN_ATTR_UNKNOWN | ll.LLAMA_TOKEN_ATTR_UNUSED
 
 _log = logging.getLogger("lmql_lite.llamacpp")
@@ -98,11 +100,14 @@ class LlamaCppModel:
             if attributes & SPECIAL_ATTRIBUTES or ll.llama_vocab_is_eog(self._vocab, i):
                 special.add(i)
                 plain.append(b"")
-                if ll.llama_vocab_is_eog(self._vocab, i) or text.decode("utf-8", "replace") in END_OF_TEXT:
+                if text.decode("utf-8", "replace") in END_OF_TEXT:
                     eos.add(i)
             else:
                 plain.append(self._piece(i, False))
-        eos.add(ll.llama_vocab_eos(self._vocab))
+        # The GGUF's end-of-sequence and end-of-turn ids and the usual end-of-text names, as the
+        # transformers engine reads them (llama.cpp's wider end-of-generation set also takes in
+        # tokens such as `<reponame>` by name).
+        eos |= {ll.llama_vocab_eos(self._vocab), ll.llama_vocab_eot(self._vocab)}
         eos = {i for i in eos if 0 <= i < size}
         return Vocabulary(tuple(plain), frozenset(eos), frozenset(special | eos)), tuple(written)
 
@@ -201,16 +206,19 @@ def _compiled_template(text: str):
 class _Context:
     """One llama.cpp context: up to `sequences` sequences, each in its own key/value stream of `cells` cells.
 
-    Not a unified cache: in llama.cpp 0.3.36's unified cache, a sequence whose tokens went into
-    cells another sequence had freed (seq_rm) got wrong logits (off by up to 1.2 on the default
-    model, caught by tests/contract); separate streams do not share cells.
+    A decode takes at most `piece` tokens (`_run` splits longer feeds), which bounds the memory
+    a decode's intermediate results take.
+    Not a unified cache: in llama.cpp 0.3.36's unified cache, a sequence whose cells are not in
+    the order of its positions (a token placed in a cell another sequence freed, below that
+    sequence's earlier cells) gets wrong logits, off by up to 1.2 on the default model (caught by
+    tests/contract). In a stream of its own a sequence's cells stay in position order: a
+    truncated tail frees the highest cells, and the next tokens fill them again.
     """
 
     def __init__(self, model: LlamaCppModel, cells: int, sequences: int):
         params = ll.llama_context_default_params()
         params.n_ctx = cells * sequences
-        params.n_batch = cells * sequences  # the most tokens one llama_decode takes; longer feeds are split
-        params.n_ubatch = min(cells * sequences, 512)
+        params.n_batch = params.n_ubatch = self.piece = min(cells * sequences, PIECE)
         params.n_seq_max = sequences
         params.kv_unified = False
         params.n_threads = params.n_threads_batch = model.threads
@@ -230,20 +238,17 @@ class _Context:
     def clear(self) -> None:
         ll.llama_memory_clear(self.memory, True)
 
-    def copy(self, source: int, target: int, into: "_Context | None" = None) -> None:
-        """Copy sequence `source`'s cached state into sequence `target` (of `into`, else this context) now.
-
-        Not llama_memory_seq_cp: across separate streams it copies at the next decode, too late
-        for a truncate or a move in between.
-        """
-        size = ll.llama_state_seq_get_size(self._pointer, source)
+    def move(self, seq: int, into: "_Context") -> bool:
+        """Copy sequence `seq`'s cached tokens into the same sequence of context `into`; False when
+        llama.cpp could not (it loads a sequence's state only into a context of as many streams)."""
+        if into.sequences != self.sequences:
+            return False
+        size = ll.llama_state_seq_get_size(self._pointer, seq)
         if not size:
-            ll.llama_memory_seq_rm((into or self).memory, target, -1, -1)
-            return
+            return True
         state = (ctypes.c_uint8 * size)()
-        ll.llama_state_seq_get_data(self._pointer, state, size, source)
-        if ll.llama_state_seq_set_data((into or self).pointer, state, size, target) == 0:
-            raise ModelError("llama.cpp could not copy a sequence's cached state")
+        ll.llama_state_seq_get_data(self._pointer, state, size, seq)
+        return ll.llama_state_seq_set_data(into.pointer, state, size, seq) != 0
 
     def __del__(self):
         if getattr(self, "_pointer", None):
@@ -278,13 +283,16 @@ class LlamaCppBatch:
     """Rows of token sequences as llama.cpp sequences of one context (see `models.base.Batch`).
 
     Row r is sequence `_seq[r]`, holding `_rows[r]` at positions 0..len-1. `_last` keeps the
-    logits after each row's last token while `_fresh` says they are still that row's.
+    logits after each row's last token while `_fresh` says they are still that row's. A copied
+    sequence (`llama_memory_seq_cp` between streams) is in `_copied` until the next decode: its
+    cells are marked at once, but llama.cpp copies their data at the start of that decode.
     """
 
     def __init__(self, model: LlamaCppModel, rows: int):
         self._model = model
         self._width = len(model.vocabulary)
-        self._context = model.context(self, FIRST_CELLS, max(1, rows))
+        self._context = model.context(self, FIRST_CELLS, max(MIN_SEQUENCES, _power_of_two(rows)))
+        self._copied: set[int] = set()
         self._rows: list[list[int]] = [[] for _ in range(rows)]
         self._seq = list(range(rows))
         self._last = np.zeros((rows, self._width), dtype=np.float32)
@@ -297,38 +305,36 @@ class LlamaCppBatch:
         """Feed each row its new tokens (possibly none) in one llama_decode; the logits (rows, vocab)
         after each row's last token. `only` is ignored: llama.cpp computes every logit anyway."""
         self._check(feeds)
-        inputs = [list(feed) or ([] if self._fresh[row] else self._back_up(row)) for row, feed in enumerate(feeds)]
-        self._decode(inputs, last_only=True)
+        self._decode(self._inputs(feeds), last_only=True)
         return self._last.copy()
 
     def step_all(self, feeds: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Like `step` (one pass, each token fed once), but per row the logits after every token fed,
         (len(feed), vocab); a row fed nothing gets (1, vocab), the logits after its last token."""
         self._check(feeds)
-        inputs = [list(feed) or ([] if self._fresh[row] else self._back_up(row)) for row, feed in enumerate(feeds)]
-        backed = [not feed and bool(fed) for feed, fed in zip(feeds, inputs)]
+        inputs = self._inputs(feeds)
         out = self._decode(inputs, last_only=False)
-        return [self._last[row][None].copy() if not feeds[row] or backed[row] else logits
-                for row, logits in enumerate(out)]
+        return [logits.copy() if feed else self._last[row][None].copy()
+                for row, (feed, logits) in enumerate(zip(feeds, out))]
 
     def score(self, row: int, continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Log-probabilities of each continuation's tokens after `row`, in one pass over copies of the row."""
         continuations = [list(c) for c in continuations]
         rows = len(self._rows)
-        tokens = self._rows[row]
+        start = len(self._rows[row])
         self.select(list(range(rows)) + [row] * len(continuations))
-        feeds: list[list[int]] = [[] for _ in range(rows)]
-        for i, continuation in enumerate(continuations, rows):
-            # Each copy feeds the row's last token again, for the logits after it, then the continuation.
-            feeds.append((self._back_up(i) if tokens else []) + continuation)
+        # Each copy feeds the row's last token again (for the logits after it), then its continuation.
+        feeds = [[] for _ in range(rows)] + [self._back_up(i) + c for i, c in enumerate(continuations, rows)]
         fresh = list(self._fresh[:rows])
-        out = self._decode(feeds, last_only=False, rows=range(rows, rows + len(continuations)))
-        self.select(list(range(rows)))
-        self._fresh = fresh
+        try:
+            out = self._decode(feeds, last_only=False, rows=range(rows, rows + len(continuations)))
+        finally:
+            self.select(list(range(rows)))
+            self._fresh = fresh
         scores = []
         for continuation, logits in zip(continuations, out[rows:]):
             steps = logits[:len(continuation)].astype(np.float64)
-            if not tokens:  # no logits before the first token: all tokens equally likely
+            if not start:  # no logits before the first token: all tokens equally likely
                 steps = np.concatenate([np.zeros((1, self._width)), steps[:len(continuation) - 1]])
             steps -= steps.max(axis=1, keepdims=True)
             logprobs = steps - np.log(np.exp(steps).sum(axis=1, keepdims=True))
@@ -345,35 +351,33 @@ class LlamaCppBatch:
         self._fresh[row] = False
 
     def select(self, rows: Sequence[int]) -> None:
-        """Replace the rows by `rows` of the current ones: a row taken again is a copied sequence, a row left out is removed."""
+        """Replace the rows by `rows` of the current ones: a row taken again is a copied sequence
+        (its cells shared, nothing recomputed), a row left out is removed."""
         rows = list(rows)
-        self._reserve(len(set(self._seq)) + len(rows))
-        taken: set[int] = set()
-        again: list[int] = []
-        free = iter(sorted(set(range(self._context.sequences)) - set(self._seq)))
+        if len(rows) > self._context.sequences:
+            self._grow(self._context.cells, _power_of_two(len(rows)))
+        first: dict[int, int] = {}  # old row -> where it is first taken (it keeps its sequence there)
+        for at, r in enumerate(rows):
+            first.setdefault(r, at)
+        for r, seq in enumerate(self._seq):
+            if r not in first:
+                ll.llama_memory_seq_rm(self._context.memory, seq, -1, -1)
+        kept = {self._seq[r] for r in first}
+        free = iter(sorted(set(range(self._context.sequences)) - kept))
         seq = []
-        for r in rows:
-            source = self._seq[r]
-            if source in taken:
-                target = next(free)  # filled below: the row's tokens fed again
-                again.append(len(seq))
-                seq.append(target)
+        for at, r in enumerate(rows):
+            if first[r] == at:
+                seq.append(self._seq[r])
             else:
-                taken.add(source)
-                seq.append(source)
-        for source in set(self._seq) - taken:
-            ll.llama_memory_seq_rm(self._context.memory, source, -1, -1)
+                target = next(free)
+                ll.llama_memory_seq_rm(self._context.memory, target, -1, -1)
+                ll.llama_memory_seq_cp(self._context.memory, self._seq[r], target, -1, -1)
+                self._copied.add(target)
+                seq.append(target)
         self._seq = seq
         self._rows = [list(self._rows[r]) for r in rows]
         self._last = self._last[rows] if rows else np.zeros((0, self._width), dtype=np.float32)
         self._fresh = [self._fresh[r] for r in rows]
-        if again:
-            # A second copy of a row is recomputed: copying cached state between llama.cpp's
-            # separate streams failed on this version (llama_state_seq_set_data returned 0).
-            feeds = [[] for _ in rows]
-            for r in again:
-                feeds[r], self._rows[r] = self._rows[r], []
-            self._decode(feeds, last_only=True)
 
     def tokens(self, row: int) -> list[int]:
         """The token ids `row` holds."""
@@ -383,8 +387,12 @@ class LlamaCppBatch:
         if len(feeds) != len(self._rows):
             raise ValueError(f"step() got {len(feeds)} feeds for {len(self._rows)} rows")
 
+    def _inputs(self, feeds) -> list[list[int]]:
+        # A row fed nothing whose last logits are gone (truncated) gets its last token again.
+        return [list(feed) or ([] if self._fresh[row] else self._back_up(row)) for row, feed in enumerate(feeds)]
+
     def _back_up(self, row: int) -> list[int]:
-        # A row whose last logits are gone: forget its last token and feed it again, for its logits.
+        # Forget the row's last token, to feed it again for the logits after it.
         tokens = self._rows[row]
         if not tokens:
             return []
@@ -422,6 +430,7 @@ class LlamaCppBatch:
             feed.logits[at + n - 1] = 1
             at += n
         logits = self._run(feed, total)
+        self._copied.clear()
         self.forward_passes += 1
         self.tokens_fed += total
         out, at = [], 0
@@ -440,41 +449,40 @@ class LlamaCppBatch:
 
     def _run(self, feed: _Feed, total: int) -> np.ndarray:
         """Decode the feed's first `total` tokens (in pieces of the context's batch size); the logits
-        of the positions flagged, in order, (n, vocab) float32."""
+        of the positions flagged, in order, (n, vocab) float32 (a copy: llama.cpp reuses its buffer)."""
         pieces = []
-        step = self._context.cells * self._context.sequences
+        step = self._context.piece
         for start in range(0, total, step):
             n = min(step, total - start)
             part = feed if start == 0 else _shifted(feed, start, n)
             code = ll.llama_decode(self._context.pointer, part.batch(n))
-            if code == 1:  # no room for these tokens in the cache: a larger context, then again
-                self._grow(2 * self._context.cells)
-                step = self._context.cells * self._context.sequences
-                code = ll.llama_decode(self._context.pointer, part.batch(n))
             if code != 0:
                 raise ModelError(f"model {self._model.name!r}: llama_decode failed (code {code}) "
                                  f"on {n} tokens in {len(self._rows)} rows")
             for i in np.flatnonzero(part.logits[:n]):  # by batch index: llama.cpp may compute them out of order
                 data = ll.llama_get_logits_ith(self._context.pointer, int(i))
-                pieces.append(np.ctypeslib.as_array(data, shape=(1, self._width)))
+                pieces.append(np.ctypeslib.as_array(data, shape=(1, self._width)).copy())
         return np.concatenate(pieces)
 
-    def _reserve(self, sequences: int) -> None:
-        # Grow the context when the rows and their copies would not fit (cells grow when a decode finds no room).
-        if sequences > self._context.sequences:
-            self._grow(self._context.cells, _power_of_two(sequences))
-
     def _grow(self, cells: int, sequences: int | None = None) -> None:
-        """Move every row into a larger context: each sequence's key/value state copied, none recomputed."""
-        if sequences is not None and sequences > 256:
+        """Move every row into a larger context: each sequence's cached tokens copied where llama.cpp
+        can (as many streams, no copy pending), else fed again."""
+        sequences = sequences or self._context.sequences
+        if sequences > 256:
             raise ModelError(f"model {self._model.name!r}: llama.cpp runs at most 256 rows in one batch, "
                              f"{sequences} were asked for")
         old = self._context
-        new = self._model.context(self, cells, sequences or old.sequences)
-        for seq in sorted(set(self._seq)):
-            old.copy(seq, seq, into=new)
+        new = self._model.context(self, max(cells, old.cells), sequences)
+        again = [r for r, seq in enumerate(self._seq) if seq in self._copied or not old.move(seq, new)]
+        self._copied.clear()
         self._context = new
         self._model.release(old)
+        if again:
+            feeds = [[] for _ in self._rows]
+            for r in again:
+                ll.llama_memory_seq_rm(new.memory, self._seq[r], -1, -1)
+                feeds[r], self._rows[r] = self._rows[r], []
+            self._decode(feeds, last_only=True)
 
 
 def _shifted(feed: _Feed, start: int, n: int) -> _Feed:

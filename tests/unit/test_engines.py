@@ -26,7 +26,7 @@ def engines(monkeypatch):
         def __init__(self, engine):
             self.engine = engine
 
-        def load_model(self, name, threads=None):
+        def load_model(self, name, threads=None, **placement):
             calls.append((self.engine, name, threads))
             return FakeModel()
 
