@@ -18,6 +18,7 @@ import numpy as np
 
 import llama_cpp.llama_cpp as ll
 
+from .. import cache
 from ..errors import ModelError
 from ..index import Vocabulary
 from . import check_name, usable_cores
@@ -72,17 +73,22 @@ class LlamaCppModel:
         params.use_mmap = True
         self._model = ll.llama_model_load_from_file(str(path).encode(), params)
         if not self._model:
-            raise ModelError(f"model {name!r}: llama.cpp could not load {path} (an unsupported or damaged GGUF file)")
+            raise ModelError(f"model {name!r}: llama.cpp could not load {path}: not a valid GGUF file, or a "
+                             "model architecture this llama.cpp does not know")
         self._vocab = ll.llama_model_get_vocab(self._model)
         self.context_limit = ll.llama_model_n_ctx_train(self._model)  # the longest row the model was trained for
         self.bos_ids = [ll.llama_vocab_bos(self._vocab)] if ll.llama_vocab_get_add_bos(self._vocab) else []
         self._contexts: list[_Context] = []  # contexts of earlier batches, reused once those are gone
 
-    def __del__(self):
+    def __del__(self, _free=ll.llama_model_free):  # bound now: module globals are gone at interpreter exit
         model = getattr(self, "_model", None)
         if model:
             self._contexts.clear()
-            ll.llama_model_free(model)
+            _free(model)
+
+    def fingerprint(self) -> str:
+        """The run cache's model identity: the SHA-256 of the GGUF file (read once, see `cache.file_digest`)."""
+        return "gguf:" + cache.file_digest(self.path)
 
     @functools.cached_property
     def vocabulary(self) -> Vocabulary:
@@ -250,9 +256,9 @@ class _Context:
         ll.llama_state_seq_get_data(self._pointer, state, size, seq)
         return ll.llama_state_seq_set_data(into.pointer, state, size, seq) != 0
 
-    def __del__(self):
+    def __del__(self, _free=ll.llama_free):  # bound now: module globals are gone at interpreter exit
         if getattr(self, "_pointer", None):
-            ll.llama_free(self._pointer)
+            _free(self._pointer)
             self._pointer = None
 
 

@@ -109,3 +109,18 @@ def test_a_gguf_file_runs_on_llamacpp_by_engine_or_by_lmqls_spelling(spelling):
     m = lmql_lite.model(path, engine="llama.cpp") if spelling == "engine" else lmql_lite.model("llama.cpp:" + path)
     result = lmql_lite.run('argmax "Is Paris in France? Answer: [A]" where A in ["yes", "no"]', model=m)
     assert isinstance(m.load(), llamacpp.LlamaCppModel) and result.variables["A"] in ("yes", "no")
+
+
+def test_the_run_cache_knows_the_model_by_its_gguf_bytes(model, tmp_path):
+    import shutil
+    from types import SimpleNamespace
+
+    copy = tmp_path / "copy.gguf"
+    shutil.copyfile(model.path, copy)
+    assert llamacpp.LlamaCppModel.fingerprint(SimpleNamespace(path=copy)) == model.fingerprint()  # bytes, not the name
+    with open(copy, "r+b") as f:  # one byte of the weights changed
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    assert llamacpp.LlamaCppModel.fingerprint(SimpleNamespace(path=copy)) != model.fingerprint()
