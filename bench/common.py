@@ -21,6 +21,8 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# These benchmarks measure the transformers engine unless told otherwise (run.py --engine llama.cpp).
+os.environ.setdefault("LMQL_LITE_ENGINE", "transformers")
 
 
 # ---- timing -------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ Run:  python bench/run.py                 table (7 repetitions after a warm-up, 
       python bench/run.py --json          one JSON document (per-query ratio, median_ratio, max_ratio, ...)
       python bench/run.py --quick         smoke run: 1 repetition, no cold-start measurement
       python bench/run.py --profile       also cProfile lmql_lite over the suite (top functions)
+      python bench/run.py --engine llama.cpp   the suite on the llama.cpp engine (see bench/on_llamacpp.py)
 Options: --reps N, --threads N (torch threads for both sides), --only name,name, --no-cold, --no-subprocess,
       --no-speculate (lmql_lite decodes one token per pass), --speculate-pairs (each repetition also
       runs lmql_lite with speculate=False: per query `drafts_vs_off`, the median paired ratio).
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -391,6 +393,8 @@ def main() -> int:
     ap.add_argument("--no-subprocess", dest="subprocess", action="store_false",
                     help="skip load time, check time and memory (fresh processes)")
     ap.add_argument("--profile", action="store_true", help="cProfile lmql_lite over the suite afterwards")
+    ap.add_argument("--engine", choices=("transformers", "llama.cpp"), default="transformers",
+                    help="the engine lmql_lite runs on (llama.cpp: against raw llama-cpp-python and raw transformers)")
     ap.add_argument("--no-speculate", dest="speculate", action="store_false",
                     help="lmql_lite without speculative drafts (speculate=False)")
     ap.add_argument("--speculate-pairs", action="store_true",
@@ -398,6 +402,15 @@ def main() -> int:
     args = ap.parse_args()
     if not args.speculate:
         RUN_OPTIONS["speculate"] = False
+    if args.engine == "llama.cpp":
+        import on_llamacpp
+        doc = on_llamacpp.main(args)
+        if args.json:
+            print(json.dumps(doc, indent=1))
+        else:
+            on_llamacpp.print_report(doc)
+        return 0
+    os.environ["LMQL_LITE_ENGINE"] = "transformers"  # lmql_lite's runs, and the fresh processes below
     reps = 1 if args.quick else args.reps
     threads = common.set_threads(args.threads)
     suite = [q for q in common.SUITE if not args.only or q[0] in args.only.split(",")]

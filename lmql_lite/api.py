@@ -31,8 +31,9 @@ _default_model: list[Any] = [None]
 # Keywords a run takes besides the query's inputs: the decoder and its options (as LMQL names them).
 DECODER_KEYWORDS = frozenset({"decoder", "n", "temperature", "top_k", "top_p", "seed", "max_len", "max_tokens",
                               "healing", "speculate"})
-# Keywords about where the model runs (see `models.placement`), passed on to `lmql_lite.model(...)`.
-MODEL_KEYWORDS = frozenset({"device", "dtype"})
+# Keywords about what runs the model and where (see `models.choose_engine`, `models.placement`),
+# passed on to `lmql_lite.model(...)`.
+MODEL_KEYWORDS = frozenset({"engine", "device", "dtype"})
 # LMQL keywords about its API batching and console output: accepted, and mean nothing here.
 IGNORED_KEYWORDS = frozenset({"chunksize", "openai_chunksize", "output_writer", "verbose"})
 # Keywords about the run itself: `cache=` is the run cache (a folder, True for the default one, False: none).
@@ -43,9 +44,10 @@ _SHARED = ("max_len", "max_tokens", "healing", "speculate", "seed")
 
 def model(name: str | None = None, **options: Any) -> LLM:
     """A model handle (loaded on first use, once per process): a local directory, a hub id in the
-    local cache, a nanoGPT checkpoint, `local:NAME`, `random` (with `seed=`), or None for the
-    embedded default; `device=` (auto, cpu, cuda, cuda:N, mps) and `dtype=` (auto, float32,
-    float16, bfloat16) say where and in what precision it runs."""
+    local cache, a .gguf file, a nanoGPT checkpoint, `local:NAME`, `random` (with `seed=`), or None
+    for the embedded default; `engine=` (auto, transformers, llama.cpp) and `threads=` say what runs
+    it, `device=` (auto, cpu, cuda, cuda:N, mps) and `dtype=` (auto, float32, float16, bfloat16)
+    where and in what precision."""
     return LLM(name, **options)
 
 
@@ -182,7 +184,7 @@ def resolve_model(program: compiler.Program, inputs: dict[str, Any], model_arg: 
                   placement: dict[str, Any] | None = None):
     """The model a run uses: `model=` / --model, then the query's `from`, then the model of the
     enclosing query, `set_default_model`, LMQL_LITE_MODEL, and last the embedded default.
-    `placement` (`device=`, `dtype=`; None ones ignored) joins the options of the model so chosen."""
+    `placement` (`engine=`, `device=`, `dtype=`; None ones ignored) joins the options of the model so chosen."""
     placement = {k: v for k, v in (placement or {}).items() if v is not None}
     if model_arg is not None and not isinstance(model_arg, str):
         return _loaded(_placed(model_arg, placement))
@@ -423,11 +425,11 @@ def _run(program, inputs, options, *, model=None, decoder=None, seed=None, on_te
 
 def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: Any = None,
                  decoder: str | None = None, seed: int | None = None, on_text=None, trace: bool = False,
-                 scope: dict[str, Any] | None = None, events=None, detail: int = 0, device: Any = None,
-                 dtype: Any = None, cache: Any = None, **options: Any):
+                 scope: dict[str, Any] | None = None, events=None, detail: int = 0, engine: str | None = None,
+                 device: Any = None, dtype: Any = None, cache: Any = None, **options: Any):
     env = {**(scope or {}), **inputs}  # what the decoder clause and `from` may read
     options = decoder_options(program, env, name=decoder, seed=seed, **options)
-    m = resolve_model(program, env, model, {"device": device, "dtype": dtype})
+    m = resolve_model(program, env, model, {"engine": engine, "device": device, "dtype": dtype})
     rows = [inputs] * (options.n if options.decoder.row_per_result else 1)
     token = _current_model.set(m)
     try:
@@ -440,7 +442,7 @@ def run_compiled(program: compiler.Program, inputs: dict[str, Any], *, model: An
 
 def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_size: int = 8, model: Any = None,
               seed: int | None = None, filename: str | None = None, timeout: float | None = None,
-              return_errors: bool = False, device: Any = None, dtype: Any = None,
+              return_errors: bool = False, engine: str | None = None, device: Any = None, dtype: Any = None,
               ray: bool | str | None = None, workers: int | None = None,
               cache: Any = None, speculate: bool | None = None) -> Iterator[tuple[int, _Result | list[_Result] | LmqlError]]:
     """Run one query over many inputs, `batch_size` at a time in batched forward passes.
@@ -449,7 +451,7 @@ def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_si
     With `return_errors`, a row that fails (a missing input, a constraint or runtime error) yields
     its LmqlError in place of a result and the other rows go on; a ModelError still ends the run.
     `timeout` (seconds) bounds the whole run; only the time spent inside the generator counts.
-    `device=` and `dtype=` say where the model runs (see `lmql_lite.model`).
+    `engine=`, `device=` and `dtype=` say what runs the model and where (see `lmql_lite.model`).
 
     `ray=True` (a local cluster, or RAY_ADDRESS's), `"auto"` or a cluster address runs the batches
     on `workers` Ray actors (default: one per node), each with its own copy of the model; results
@@ -465,17 +467,18 @@ def run_batch(source_or_path: str, inputs: Iterable[dict[str, Any]], *, batch_si
         raise QueryArgumentError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
     limit = Deadline(timeout, label="timeout") if timeout is not None else None
     if ray is not None and ray is not False:
-        if device is not None or dtype is not None:
-            raise QueryArgumentError("with ray, say where the workers' model runs in the model itself "
-                                     "(lmql_lite.model(NAME, device=..., dtype=...)) or with LMQL_LITE_DEVICE / "
-                                     "LMQL_LITE_DTYPE: device= and dtype= are not passed to the workers")
+        if engine is not None or device is not None or dtype is not None:
+            raise QueryArgumentError("with ray, say what runs the workers' model in the model itself "
+                                     "(lmql_lite.model(NAME, engine=..., device=..., dtype=...)) or with "
+                                     "LMQL_LITE_ENGINE / LMQL_LITE_DEVICE / LMQL_LITE_DTYPE: engine=, device= and "
+                                     "dtype= are not passed to the workers")
         if cache is not None and cache is not False:
             raise QueryArgumentError("cache= is not passed to Ray workers yet: run without ray=, or without cache=")
         yield from _run_on_ray(program, rows, batch_size, model, seed, limit, return_errors, ray, workers)
         return
     if workers is not None:
         raise QueryArgumentError("workers= is the number of Ray workers: it needs ray=")
-    models: dict[str, Any] = {"placement": {"device": device, "dtype": dtype}, "cache": cache}  # and the model, resolved once
+    models: dict[str, Any] = {"placement": {"engine": engine, "device": device, "dtype": dtype}, "cache": cache}  # and the model, resolved once
     for start in range(0, len(rows), batch_size):
         with limit or contextlib.nullcontext():
             outcomes = _run_chunk(program, rows[start:start + batch_size], model, given, models, return_errors)

@@ -90,8 +90,11 @@ def _arguments() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a .lmq query")
     run.add_argument("file")
-    run.add_argument("--model", help="a local model directory, a hub id or a nanoGPT checkpoint "
+    run.add_argument("--model", help="a local model directory, a .gguf file, a hub id or a nanoGPT checkpoint "
                                      "(default: the embedded SmolLM2-135M-Instruct)")
+    run.add_argument("--engine", choices=("auto", "transformers", "llama.cpp"),
+                     help="what runs the model (default: LMQL_LITE_ENGINE, else auto: a .gguf file and the default "
+                          "model on llama.cpp when it is installed, anything else on transformers)")
     run.add_argument("--device", help="where the model runs: auto (default: cuda, else mps, else cpu), cpu, "
                                       "cuda, cuda:N or mps (also LMQL_LITE_DEVICE)")
     run.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"),
@@ -428,7 +431,7 @@ def _run(args) -> int:
             printer.tokens = printer.show and sys.stdout.isatty()  # a pipe gets each value whole
             watch = printer.tokens or args.trace
             result = api.run_compiled(program, inputs, model=args.model, seed=args.seed, speculate=args.speculate, on_text=printer,
-                                      device=args.device, dtype=args.dtype,
+                                      engine=args.engine, device=args.device, dtype=args.dtype,
                                       trace=args.trace, events=printer.event if watch else None,
                                       detail=TRACE_TOP if args.trace else 0, cache=_cache_setting(args))
     except (QueryTimeoutError, KeyboardInterrupt) as e:
@@ -607,8 +610,8 @@ def _run_rows(args, program, shared: dict[str, Any], batch: tuple[list[int], lis
         try:
             for k, outcome in api.run_batch(program.query.source, [r for _, r in todo], batch_size=args.batch_size,
                                             model=args.model, seed=args.seed, filename=program.filename,
-                                            return_errors=True, device=args.device, dtype=args.dtype,
-                                            ray=args.ray, workers=args.workers,
+                                            return_errors=True, engine=args.engine, device=args.device,
+                                            dtype=args.dtype, ray=args.ray, workers=args.workers,
                                             cache=_cache_setting(args), speculate=args.speculate):
                 index, row = todo[k]
                 if isinstance(outcome, LmqlError):

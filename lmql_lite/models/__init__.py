@@ -1,10 +1,13 @@
 """Model backends: the contract (`base`), one module per engine, and loading a model by its name.
 
-A new engine is one module with a `load_model(name)` and one line in ENGINES. A name may say its
-engine (`transformers:gpt2`); any other name — a folder, a hub id, None for the embedded
-default — goes to DEFAULT_ENGINE. Engines are imported only when a model is loaded, after
-`check_name` has refused names that cannot work (a missing path, a garbage `.gguf`), so such a
-mistake costs no slow import.
+A new engine is one module with a `load_model(name, device=, dtype=, threads=)` and one line in
+ENGINES. The engine is the one a name says (`transformers:gpt2`, LMQL's `llama.cpp:model.gguf`),
+else the `engine=` option, else LMQL_LITE_ENGINE, else `auto`: a GGUF file (the embedded default
+included) runs on llama.cpp when llama-cpp-python is installed and is converted for transformers
+otherwise; a folder, a hub id, a nanoGPT checkpoint, or a model asked onto a GPU or into a dtype
+runs on transformers. Engines are imported only when a model is loaded, after `check_name` has
+refused names that cannot work (a missing path, a garbage `.gguf`), so such a mistake costs no
+slow import.
 LMQL's spellings are understood too: `local:NAME` (a local model), `random` (random logits over
 a real vocabulary, `seed=`), and remote API models (`openai/…`, `chatgpt`), which are a clear
 ModelError. A model on an OpenAI-compatible server (vLLM, SGLang, llama.cpp's server) is named
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -26,9 +30,15 @@ from typing import Any
 from ..errors import ModelError
 
 ENGINES = {
-    "transformers": "lmql_lite.models.transformers",  # local folders, hub ids, the embedded default
+    "transformers": "lmql_lite.models.transformers",  # local folders, hub ids, GGUF files converted once
+    "llama.cpp": "lmql_lite.models.llamacpp",  # GGUF files (the embedded default included), in-process
 }
-DEFAULT_ENGINE = "transformers"
+ENGINE_CHOICES = ("auto", *ENGINES)
+ENGINE_VARIABLE = "LMQL_LITE_ENGINE"
+# What each engine needs installed (the Python module), and the command that installs it.
+ENGINE_PACKAGES = {"transformers": ("transformers", "pip install lmql_lite"),
+                   "llama.cpp": ("llama_cpp", "pip install 'lmql_lite[llama]'  (from a clone: pip install '.[llama]'; "
+                                              "it compiles llama.cpp: docs/engines.md gives the pinned build flags)")}
 GGUF_MAGIC = b"GGUF"
 NANOGPT_CHECKPOINT = "ckpt.pt"  # the name nanoGPT's train.py gives its checkpoints
 
@@ -46,8 +56,10 @@ DTYPES = {"auto": "auto", "float32": "float32", "fp32": "float32", "float": "flo
           "float16": "float16", "fp16": "float16", "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 DEVICE_VARIABLE, DTYPE_VARIABLE = "LMQL_LITE_DEVICE", "LMQL_LITE_DTYPE"
 RANDOM_OPTIONS = frozenset({"seed", "tokenizer", "vocab"})
+# Options every local engine takes: which engine, and how many threads it computes with.
+ENGINE_OPTIONS = frozenset({"engine", "threads"})
 REMOTE = (("openai/", "an OpenAI API model"), ("azure/", "an Azure OpenAI model"),
-          ("replicate:", "a Replicate model"), ("llama.cpp:", "a llama.cpp model"))
+          ("replicate:", "a Replicate model"))
 
 
 # What a process's engines read for their CPU thread count; LMQL_LITE_THREADS is ours (engines
@@ -90,19 +102,77 @@ def load_model(name: str | None = None, **options: Any):
         _check_options(name, options, RANDOM_OPTIONS | PLACEMENT_OPTIONS)
         from .random import RandomModel
         return RandomModel(seed=options.get("seed"), tokenizer=options.get("tokenizer") or options.get("vocab"))
-    _check_options(name, options, PLACEMENT_OPTIONS)
+    _check_options(name, options, PLACEMENT_OPTIONS | ENGINE_OPTIONS)
     if name is not None and name.startswith("local:"):
         name = name[len("local:"):]
         if name in DEFAULT_NAMES:
             name = None
-    engine, rest = DEFAULT_ENGINE, name
+    engine, rest = options.get("engine"), name
     if name is not None:
         prefix, colon, tail = name.partition(":")
         if colon and prefix in ENGINES:
             engine, rest = prefix, tail or None
     check_name(rest)
     device, dtype = placement(options)
-    return importlib.import_module(ENGINES[engine]).load_model(rest, device=device, dtype=dtype)
+    engine = choose_engine(rest, engine, device, dtype)
+    threads = thread_count(options.get("threads"))
+    return importlib.import_module(ENGINES[engine]).load_model(rest, device=device, dtype=dtype, threads=threads)
+
+
+def choose_engine(name: str | None, engine: str | None = None, device: str = "auto", dtype: str = "auto") -> str:
+    """The engine that runs model `name`: `engine` (else LMQL_LITE_ENGINE) when not `auto`, else the one for its kind.
+
+    `auto` runs a GGUF file (None: the embedded default) on llama.cpp when it is installed and no
+    GPU or dtype is asked for, else on transformers (converted once); anything else on
+    transformers. A ModelError names the install command when the engine asked for is missing.
+    """
+    given = engine if engine is not None else os.environ.get(ENGINE_VARIABLE, "").strip() or "auto"
+    if given not in ENGINE_CHOICES:
+        close = difflib.get_close_matches(str(given), ENGINE_CHOICES, 1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        where = "engine=" if engine is not None else f"the environment variable {ENGINE_VARIABLE}"
+        raise ModelError(f"unknown engine {given!r} ({where}){hint}; known: {', '.join(ENGINE_CHOICES)}")
+    gguf = name is None or (name.lower().endswith(".gguf") and Path(name).expanduser().is_file())
+    on_cpu = device in ("auto", "cpu") and dtype == "auto"
+    if given == "auto":
+        return "llama.cpp" if gguf and on_cpu and installed("llama.cpp") else "transformers"
+    if not installed(given):
+        raise ModelError(f"the {given} engine is not installed; install it with:\n    {ENGINE_PACKAGES[given][1]}")
+    if given == "llama.cpp" and not gguf:
+        raise ModelError(f"model {name!r}: the llama.cpp engine runs .gguf files; a model folder, a hub id or a "
+                         "checkpoint runs on transformers (engine='transformers', --engine transformers)")
+    if given == "llama.cpp" and not on_cpu:
+        raise ModelError(f"the llama.cpp engine runs on the CPU in the GGUF file's own precision: device={device!r} "
+                         f"dtype={dtype!r} need engine='transformers' (--engine transformers)")
+    return given
+
+
+def installed(engine: str) -> bool:
+    """Whether `engine`'s library can be imported (found, not imported: that costs seconds)."""
+    try:
+        return importlib.util.find_spec(ENGINE_PACKAGES[engine][0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def thread_count(threads: int | None = None) -> int | None:
+    """Threads an engine computes with: `threads`, else LMQL_LITE_THREADS, else None (the engine's own choice: every core)."""
+    given = threads if threads is not None else os.environ.get("LMQL_LITE_THREADS", "").strip() or None
+    if given is None:
+        return None
+    try:
+        count = int(given) if not isinstance(given, (bool, float)) else 0
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1:
+        where = "threads=" if threads is not None else "the environment variable LMQL_LITE_THREADS"
+        raise ModelError(f"threads must be a positive integer, got {given!r} ({where})")
+    return count
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def placement(options: dict[str, Any]) -> tuple[str, str]:

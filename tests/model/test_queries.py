@@ -7,6 +7,7 @@ import lmql_lite
 from lmql_lite.interpreter import Runner
 from lmql_lite.decoders import DecoderOptions
 from lmql_lite.api import _index, _starts, load
+from lmql_lite.models.transformers import default_tokenizer
 
 pytestmark = pytest.mark.model
 
@@ -158,5 +159,5 @@ def test_every_token_goes_through_the_model_once(default_model):
 def test_a_chat_without_system_message_gets_the_template_default(default_model):
     r = run('"{:user}Say hi.{:assistant}[X]" where len(TOKENS(X)) < 4\n', default_model)
     messages = [{"role": "user", "content": "Say hi."}]
-    expected = default_model.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    expected = default_tokenizer().apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert r.prompt.startswith(expected)

@@ -16,6 +16,14 @@ from lmql_lite import cache
 from lmql_lite.models import transformers as backend
 
 
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    """The default model on this engine (with the llama extra installed, `auto` would run it on llama.cpp)."""
+    from lmql_lite.models import load_model
+    return load_model(None, engine="transformers")
+
 @pytest.fixture(scope="module")
 def tiny_model(tiny_model_dir):
     return backend.load_model(str(tiny_model_dir))

@@ -177,7 +177,7 @@ def test_generate_is_bounded_by_max_tokens(fake):
     assert isinstance(text, str) and len(fake.encode(text)) <= 4 + 1  # the text may re-tokenize differently
 
 
-@pytest.mark.parametrize("name", ["openai/gpt-3.5-turbo-instruct", "chatgpt", "gpt-4", "azure/x", "llama.cpp:/m.gguf"])
+@pytest.mark.parametrize("name", ["openai/gpt-3.5-turbo-instruct", "chatgpt", "gpt-4", "azure/x"])
 def test_remote_models_are_a_clear_error(name):
     with pytest.raises(lmql.ModelError, match="not supported yet") as e:
         models.load_model(name)
@@ -189,6 +189,7 @@ def test_remote_models_are_a_clear_error(name):
 def test_local_names_resolve_to_the_local_loader(monkeypatch, tmp_path):
     from lmql_lite.models import transformers as backend
     asked = []
+    monkeypatch.setenv("LMQL_LITE_ENGINE", "transformers")  # the default model would run on llama.cpp when installed
     monkeypatch.delenv("LMQL_LITE_DEVICE", raising=False)
     monkeypatch.delenv("LMQL_LITE_DTYPE", raising=False)
     monkeypatch.setattr(backend, "load_model", lambda name=None, **placement: asked.append((name, placement)) or "loaded")
@@ -196,8 +197,8 @@ def test_local_names_resolve_to_the_local_loader(monkeypatch, tmp_path):
     models.load_model("local:SmolLM2-135M-Instruct")
     models.load_model(f"local:{tmp_path}")
     models.load_model("local:org/model", cuda=True, silent=True)  # LMQL's cuda=True: the device cuda
-    auto = {"device": "auto", "dtype": "auto"}
-    assert asked == [(None, auto), (str(tmp_path), auto), ("org/model", {"device": "cuda", "dtype": "auto"})]
+    auto = {"device": "auto", "dtype": "auto", "threads": None}
+    assert asked == [(None, auto), (str(tmp_path), auto), ("org/model", {**auto, "device": "cuda"})]
     with pytest.raises(lmql.ModelError, match="unknown option 'sed'; did you mean 'seed'"):
         models.load_model("random", sed=1)
 
