@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Callable, Protocol, Sequence
 
-import numpy as np
-
 from .constraints.base import Guide
 from .errors import LmqlError
 
