@@ -43,10 +43,17 @@ def check(program: compiler.Program, inputs: Iterable[str] = ()) -> list[LmqlErr
 
 
 def first_problem(program: compiler.Program, inputs: Iterable[str] = ()) -> None:
-    """Raise the first problem `check` finds (what `run` does before it loads a model)."""
-    problems = check(program, inputs)
+    """Raise the first problem `check` finds (what `run` does before it loads a model).
+
+    A query found runnable with these input names is not checked again: `run` calls this every
+    time, and a short query's check costs as much as several of its tokens."""
+    given = frozenset(inputs)
+    if given in program._runnable:
+        return
+    problems = check(program, given)
     if problems:
         raise problems[0]
+    program._runnable.add(given)
 
 
 def _error(cls, program: compiler.Program, message: str, line: int, column: int) -> LmqlError:

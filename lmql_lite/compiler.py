@@ -36,6 +36,7 @@ class Program:
     bound: frozenset[str] = frozenset()  # every name its code binds, in any scope (see bound_names)
     returns: bool = True              # has a `return`; a nested query without one is a macro (LMQL)
     _code: dict = field(default_factory=dict, repr=False)
+    _runnable: set = field(default_factory=set, repr=False)  # input name sets `checker.check` found no problem with
 
     @property
     def filename(self) -> str:

@@ -52,19 +52,24 @@ class Argmax:
             if r.mask is None:
                 out.append(Choice(r.row, None))
                 continue
-            scores = masked(logits[r.row], r.mask)
-            token, logprob = self.pick(scores) if r.draft is None else self.verify(scores, r.draft)
+            token, logprob = self.choose(logits[r.row], r.mask, r.draft)
             out.append(Choice(r.row, token, logprob, r.mask.count))
         return out
 
-    def pick(self, scores: np.ndarray) -> tuple[int, float]:
-        """The token chosen from one row's masked scores (vocab,), and its log-probability."""
-        token = int(np.argmax(scores))
-        return token, log_softmax_at(scores, token)
+    def choose(self, logits: np.ndarray, mask: Mask, draft: int | None) -> tuple[int, float]:
+        """The token chosen from one row's logits (vocab,) under `mask`, and its log-probability.
 
-    def verify(self, scores: np.ndarray, draft: int) -> tuple[int, float]:
-        """The token chosen where a draft proposes `draft`; the most likely token whatever the draft."""
-        return self.pick(scores)
+        The most likely allowed token, whatever a draft proposes. When the mask allows few
+        tokens only their logits are read; else the masked row is made once and used up.
+        """
+        if mask.count * 8 <= len(mask):
+            ids = mask.ids
+            scores = logits[ids]  # (allowed,), our own copy
+            top = int(np.argmax(scores))
+            return int(ids[top]), top_logprob(scores, top)
+        scores = masked(logits, mask)
+        token = int(np.argmax(scores))
+        return token, top_logprob(scores, token)
 
     def rank(self, results: list) -> list:
         """The results to report, in order."""
@@ -79,7 +84,12 @@ class Sample(Argmax):
         super().__init__(options)
         self.rng = np.random.default_rng(options.seed)  # seeded: a run is reproducible
 
+    def choose(self, logits: np.ndarray, mask: Mask, draft: int | None) -> tuple[int, float]:
+        scores = masked(logits, mask)
+        return self.pick(scores) if draft is None else self.verify(scores, draft)
+
     def pick(self, scores: np.ndarray) -> tuple[int, float]:
+        """A token drawn from one row's masked scores (vocab,), and its log-probability."""
         return pick_sample(scores, self.options, self.rng)
 
     def verify(self, scores: np.ndarray, draft: int) -> tuple[int, float]:
@@ -179,7 +189,19 @@ def with_end(logits: np.ndarray, mask: Mask, eos_ids: np.ndarray, after_text: np
 def log_softmax_at(scores: np.ndarray, token: int) -> float:
     """log p(token) under softmax(scores), with -inf scores excluded."""
     top = scores.max()
-    return float(scores[token] - top - np.log(np.exp(scores - top).sum()))
+    weights = scores - top
+    np.exp(weights, out=weights)
+    return float(scores[token] - top - np.log(weights.sum()))
+
+
+def top_logprob(scores: np.ndarray, top: int) -> float:
+    """`log_softmax_at(scores, top)` for the likeliest token `top`, whose score is the max; `scores` is used up.
+
+    One pass over the row less, and no new array: argmax decoding calls it once per token.
+    """
+    scores -= scores[top]
+    np.exp(scores, out=scores)
+    return 0.0 - float(np.log(scores.sum()))
 
 
 def sampling_logits(scores: np.ndarray, options: DecoderOptions) -> np.ndarray:

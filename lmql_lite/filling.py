@@ -151,7 +151,7 @@ class Filling:
         Unless the forced text completes the hole, its last token is held back: the text that
         follows may merge with it (a forced " " before "neutral" is better written " neutral").
         """
-        ids, finishes = forced_tokens(self.guide, self.runner.model.encode)
+        ids, finishes = forced_tokens(self.guide, self.runner.spell)
         if not ids:
             return False
         if not finishes:

@@ -58,7 +58,8 @@ class Runner:
         self.after_text = _after_text(model.vocabulary)
         # A model on a server (models/remote.py) fills each hole with one request, not token by token.
         self.served = callable(getattr(model, "fill", None))
-        self.drafter = speculate.for_options(options, model)  # None: one token per pass
+        self.spell = speculate.Spellings(model.encode)  # forced text → its tokens (fast-forward, drafts)
+        self.drafter = speculate.for_options(options, model, self.spell)  # None: one token per pass
         self._batch = None
         self.branches: list[Branch] = []
 

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 from typing import Callable, Protocol, Sequence
 
-import numpy as np
-
 from .constraints.base import Guide
 from .errors import LmqlError
 
-__all__ = ["Proposer", "PromptLookup", "Drafter", "for_options", "forced_tokens"]
+__all__ = ["Proposer", "PromptLookup", "Drafter", "Spellings", "for_options", "forced_tokens"]
 
 
 class Proposer(Protocol):
@@ -41,16 +39,31 @@ class PromptLookup:
         self.longest, self.shortest = longest, shortest
 
     def propose(self, tokens: Sequence[int], limit: int) -> list[int]:
-        seq = np.asarray(tokens, dtype=np.int64)
-        for n in range(self.longest, self.shortest - 1, -1):
-            if len(seq) <= n or limit <= 0:
-                continue
-            # Windows that start at 0 .. len-n-1: each is followed by at least one token.
-            windows = np.lib.stride_tricks.sliding_window_view(seq[:-1], n)
-            hits = np.flatnonzero((windows == seq[-n:]).all(axis=1))
-            if hits.size:
-                start = int(hits[-1]) + n
-                return seq[start:start + limit].tolist()
+        if limit <= 0 or len(tokens) <= self.shortest:
+            return []
+        tokens = list(tokens)
+        # The earlier places of the last token (each followed by a token at least): where a match
+        # can end. list.index scans in C; a short walk back from each, latest first, measures it.
+        last, ends, at = tokens[-1], [], 0
+        try:
+            while True:
+                at = tokens.index(last, at, len(tokens) - 1)
+                ends.append(at)
+                at += 1
+        except ValueError:
+            pass
+        latest: dict[int, int] = {}  # match length → the latest end with a match that long
+        for end in reversed(ends):
+            n = 1
+            while n < self.longest and n <= end and tokens[end - n] == tokens[-1 - n]:
+                n += 1
+            if n == self.longest:
+                return tokens[end + 1:end + 1 + limit]
+            latest.setdefault(n, end)
+        for n in range(self.longest - 1, self.shortest - 1, -1):
+            found = [end for length, end in latest.items() if length >= n]
+            if found:
+                return tokens[max(found) + 1:max(found) + 1 + limit]
         return []
 
 
@@ -77,25 +90,34 @@ def forced_tokens(guide: Guide, encode: Callable[[str], list[int]]) -> tuple[lis
     return ids, probe.is_finished()
 
 
+class Spellings:
+    """The tokenizer's spelling of forced text, kept for a run: the same text is forced pass after
+    pass (fast-forward holds its last token back, a draft spells it again), and the tokenizer
+    costs more than the guide's walk over its tokens."""
+
+    def __init__(self, encode: Callable[[str], list[int]], size: int = 256):
+        self._encode, self._size = encode, size
+        self._ids: dict[str, tuple[int, ...]] = {}
+
+    def __call__(self, text: str) -> list[int]:
+        ids = self._ids.get(text)
+        if ids is None:
+            if len(self._ids) >= self._size:
+                self._ids.clear()
+            ids = self._ids[text] = tuple(self._encode(text))
+        return list(ids)
+
+
 class Drafter:
     """Per run: builds each hole's draft from a proposer, under the hole's constraint and budgets."""
 
     def __init__(self, proposer: Proposer, encode: Callable[[str], list[int]], eos_ids: frozenset[int],
                  longest: int = 8, queued_limit: int = 8, pause: int = 4):
-        self.proposer, self._encode, self.eos_ids = proposer, encode, eos_ids
+        self.proposer, self.encode, self.eos_ids = proposer, encode, eos_ids
         self.longest = longest            # draft tokens per pass at most
         self.queued_limit = queued_limit  # a pass that feeds more (a prompt) takes no draft: every position costs logits
         self.pause = pause                # passes a hole goes without drafts after one was wholly rejected
         self._paused: dict[int, int] = {}   # id(filling) → passes left without drafts
-        self._spelt: dict[str, list[int]] = {}  # forced text → its tokens (the same text recurs pass after pass)
-
-    def encode(self, text: str) -> list[int]:
-        ids = self._spelt.get(text)
-        if ids is None:
-            if len(self._spelt) > 256:
-                self._spelt.clear()
-            ids = self._spelt[text] = self._encode(text)
-        return list(ids)
 
     def rejected(self, filling) -> None:
         """A draft of `filling`'s hole was wholly rejected: its next drafts wait a few passes (a miss costs a wider pass)."""
@@ -146,9 +168,9 @@ class Drafter:
         return out
 
 
-def for_options(options, model) -> Drafter | None:
+def for_options(options, model, spell: Spellings) -> Drafter | None:
     """The drafter a run uses, or None: argmax drafts by default; sampling when `speculate=True`; beam never."""
     wanted = options.speculate
     if wanted is False or options.name == "beam" or (wanted is None and options.name != "argmax"):
         return None
-    return Drafter(PromptLookup(), model.encode, model.vocabulary.eos_ids)
+    return Drafter(PromptLookup(), spell, model.vocabulary.eos_ids)

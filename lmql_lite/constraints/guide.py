@@ -9,7 +9,6 @@ decides it (`AutomatonGuide._can_end`), reusing the cached per-state masks.
 """
 from __future__ import annotations
 
-import copy
 import math
 import operator
 from typing import Any
@@ -130,8 +129,8 @@ class AutomatonGuide:
         return self.plan.automaton
 
     def copy(self) -> "AutomatonGuide":
-        twin = copy.copy(self)
-        twin._text = bytearray(self._text)
+        twin = AutomatonGuide.__new__(AutomatonGuide)  # not copy.copy: a draft copies the guide every pass
+        twin.__dict__.update(self.__dict__, _text=bytearray(self._text))
         return twin
 
     # ---- the contract the interpreter calls ----------------------------------------------
@@ -185,11 +184,12 @@ class AutomatonGuide:
         k = self.tokens_used + 1
         armed = counts.allows(k)
         s = self.state
+        accepting, stops, has_next = a.flags
         for i, b in enumerate(data):
-            s = int(a.table[s, b])
+            s = a.row(s)[b]
             if s < 0:
                 raise ConstraintError(f"token {data!r} cannot continue {self.plan.var} under {self.plan.term}")
-            if armed and a.stops[s]:
+            if armed and stops[s]:
                 data = data[: i + 1]  # the phrase ends the hole: the rest of the token is cut
                 self._drop = a.drops[a.stop[s]]
                 self._finished, self.ended_by = True, "stop"
@@ -197,8 +197,8 @@ class AutomatonGuide:
         self._text += data
         self.tokens_used = k
         self.state = s
-        if not self._finished and a.accepting[s] and counts.allows(k):
-            if not a.has_next[s]:
+        if not self._finished and accepting[s] and counts.allows(k):
+            if not has_next[s]:
                 self._finished, self.ended_by = True, "complete"
             elif k >= counts.hi:
                 self._finished, self.ended_by = True, "budget"

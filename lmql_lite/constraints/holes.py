@@ -122,6 +122,20 @@ class HoleAutomaton:
         self.end_ok = self.accepting | self.has_next
         self.max_bytedist = int(self.bytedist.max())
         self._longest = None
+        self._rows: dict[int, list[int]] = {}
+
+    # A guide walks each token byte by byte: Python ints and bools read much faster than numpy scalars.
+    def row(self, state: int) -> list[int]:
+        """`table[state]` as a Python list, made on the state's first visit."""
+        row = self._rows.get(state)
+        if row is None:
+            row = self._rows[state] = self.table[state].tolist()
+        return row
+
+    @functools.cached_property
+    def flags(self) -> tuple[list[bool], list[bool], list[bool]]:
+        """`accepting`, `stops` and `has_next` as Python lists."""
+        return self.accepting.tolist(), self.stops.tolist(), self.has_next.tolist()
 
     @property
     def longest(self) -> np.ndarray:
