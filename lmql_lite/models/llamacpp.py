@@ -1,8 +1,8 @@
 """GGUF models in-process on llama.cpp (llama-cpp-python's low-level ctypes API): the fast CPU engine.
 
 The engine only feeds tokens and hands back logits: the decode loop and the masks stay ours (no
-logits-processor hook, no `Llama.generate`). A batch's rows are llama.cpp sequences in one
-context's unified key/value cache, so `select` copies and removes sequences and `truncate`
+logits-processor hook, no `Llama.generate`). A batch's rows are llama.cpp sequences of one
+context, each in its own key/value stream, so `select` copies and removes sequences and `truncate`
 removes a sequence's tail; a step feeds every row's new tokens in one `llama_decode`.
 """
 from __future__ import annotations
@@ -358,7 +358,7 @@ class LlamaCppBatch:
 
     def select(self, rows: Sequence[int]) -> None:
         """Replace the rows by `rows` of the current ones: a row taken again is a copied sequence
-        (its cells shared, nothing recomputed), a row left out is removed."""
+        (llama.cpp copies its cells at the next decode; nothing is recomputed), a row left out is removed."""
         rows = list(rows)
         if len(rows) > self._context.sequences:
             self._grow(self._context.cells, _power_of_two(len(rows)))
