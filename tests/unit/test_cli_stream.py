@@ -31,7 +31,8 @@ LONG = '"Story:[S]" where len(TOKENS(S)) < {n}\n"|end"\n'
 def start(tmp_path, n, *, terminal):
     path = tmp_path / "q.lmq"
     path.write_text(LONG.format(n=n))
-    argv = [sys.executable, "-c", CHILD, "run", str(path), "--no-color"]
+    # No drafts: they skip passes of the fake model's repetitive text, and the run would end before a Ctrl-C.
+    argv = [sys.executable, "-c", CHILD, "run", str(path), "--no-color", "--no-speculate"]
     if not terminal:
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE), None
     main, child = pty.openpty()
