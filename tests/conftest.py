@@ -2,8 +2,15 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
+
+# A suite started in the background by a script (`pytest &`) inherits SIGINT ignored, and so would
+# every child the Ctrl-C tests start and signal. A handler here makes exec'd children start with
+# the default disposition again, as under a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 
