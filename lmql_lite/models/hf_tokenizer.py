@@ -10,6 +10,7 @@ import itertools
 import re
 from typing import Sequence
 
+from ..errors import ModelError
 from ..index import Vocabulary
 
 # Models without a chat template get this rendering of `{:role}` messages.
@@ -85,6 +86,28 @@ def _bytes_to_unicode() -> dict[int, str]:
             chars.append(256 + n)
             n += 1
     return {b: chr(c) for b, c in zip(printable, chars)}
+
+
+class ChatRoles:
+    """`role_markers` and `chat_preamble` for an engine's model, read from its `_chat_markers`
+    (what `chat_markers` gives for the model's template)."""
+
+    _chat_markers: tuple[dict[str, tuple[str, str]], dict[str, str]]
+
+    def role_markers(self, role: str) -> tuple[str, str]:
+        """(text that opens, text that closes) a chat message of `role`: system, user or assistant.
+
+        Derived from the model's chat template; special tokens in them are encoded with
+        `encode(text, special=True)`. Models without a usable template get PLAIN_ROLE_MARKERS.
+        """
+        markers = self._chat_markers[0]
+        if role not in markers:
+            raise ModelError(f"unknown chat role {role!r}: use system, user or assistant")
+        return markers[role]
+
+    def chat_preamble(self, first_role: str) -> str:
+        """Text the chat template puts before the first message when it is of `first_role` (a default system message)."""
+        return self._chat_markers[1].get(first_role, "")
 
 
 def chat_markers(tokenizer, bos: str = "") -> tuple[dict[str, tuple[str, str]], dict[str, str]]:

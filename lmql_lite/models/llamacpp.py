@@ -23,7 +23,7 @@ from ..errors import ModelError
 from ..index import Vocabulary
 from . import check_name, usable_cores
 from .default import DEFAULT_NAME, default_gguf
-from .hf_tokenizer import END_OF_TEXT, chat_markers
+from .hf_tokenizer import ChatRoles, END_OF_TEXT, chat_markers
 
 FIRST_CELLS = 512  # key/value cells per sequence in a new context; it grows (doubling) when a row needs more
 PIECE = 512  # the most tokens one llama_decode is given (llama.cpp's batch and micro-batch size)
@@ -62,7 +62,7 @@ def load_model(name: str | None = None, *, device: str = "auto", dtype: str = "a
     return LlamaCppModel(path, name, threads)
 
 
-class LlamaCppModel:
+class LlamaCppModel(ChatRoles):
     """A GGUF model and its tokenizer on llama.cpp, as the interpreter sees them (see `models.base.LanguageModel`)."""
 
     def __init__(self, path: Path, name: str, threads: int | None = None):
@@ -142,16 +142,6 @@ class LlamaCppModel:
         written = self._tables[1]
         return b"".join(written[i] for i in ids).decode("utf-8", errors="replace")
 
-    def role_markers(self, role: str) -> tuple[str, str]:
-        """(text that opens, text that closes) a chat message of `role`, from the GGUF's chat template."""
-        markers = self._chat_markers[0]
-        if role not in markers:
-            raise ModelError(f"unknown chat role {role!r}: use system, user or assistant")
-        return markers[role]
-
-    def chat_preamble(self, first_role: str) -> str:
-        """Text the chat template puts before the first message when it is of `first_role` (a default system message)."""
-        return self._chat_markers[1].get(first_role, "")
 
     @functools.cached_property
     def _chat_markers(self) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:

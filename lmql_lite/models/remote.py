@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from ..errors import ModelError
 from ..index import Vocabulary
 from . import dialects
-from .hf_tokenizer import chat_markers, vocabulary_from_tokenizer
+from .hf_tokenizer import ChatRoles, chat_markers, vocabulary_from_tokenizer
 
 CONNECT_SECONDS = 5.0      # a server that does not answer by then is down or the URL is wrong
 REPLY_SECONDS = 600.0      # the most one completion may take
@@ -139,7 +139,7 @@ class Filled:
     closing: str = ""   # the character after the value that the grammar let end it (cut), or ""
 
 
-class RemoteModel:
+class RemoteModel(ChatRoles):
     """A served model: the tokenizer here, the forward passes there (see `models.base.LanguageModel`, less `batch`)."""
 
     def __init__(self, name: str, client: Client, served: str, dialect: dialects.Dialect, tokenizer):
@@ -169,14 +169,6 @@ class RemoteModel:
             pieces[i] = (self.tokenizer.convert_ids_to_tokens(i) or "").encode("utf-8")
         return tuple(pieces)
 
-    def role_markers(self, role: str) -> tuple[str, str]:
-        markers = self._chat_markers[0]
-        if role not in markers:
-            raise ModelError(f"unknown chat role {role!r}: use system, user or assistant")
-        return markers[role]
-
-    def chat_preamble(self, first_role: str) -> str:
-        return self._chat_markers[1].get(first_role, "")
 
     @functools.cached_property
     def _chat_markers(self):

@@ -27,7 +27,7 @@ from ..index import Vocabulary
 from . import check_name, is_nanogpt
 from .default import DEFAULT_GGUF, DEFAULT_NAME, DEFAULT_PACKAGE  # noqa: F401
 from .default import default_gguf as _default_gguf
-from .hf_tokenizer import PLAIN_ROLE_MARKERS, chat_markers, vocabulary_from_tokenizer  # noqa: F401
+from .hf_tokenizer import ChatRoles, PLAIN_ROLE_MARKERS, chat_markers, vocabulary_from_tokenizer  # noqa: F401
 
 
 
@@ -102,7 +102,7 @@ def _native_bfloat16() -> bool:
         return torch.cuda.is_bf16_supported()
 
 
-class TransformersModel:
+class TransformersModel(ChatRoles):
     """A causal LM and its tokenizer, as the interpreter sees them (see `models.base.LanguageModel`)."""
 
     def __init__(self, name: str, module, tokenizer):
@@ -142,20 +142,6 @@ class TransformersModel:
             pieces[i] = (content or "").encode("utf-8")
         return tuple(pieces)
 
-    def role_markers(self, role: str) -> tuple[str, str]:
-        """(text that opens, text that closes) a chat message of `role`: system, user or assistant.
-
-        Derived from the model's chat template; special tokens in them are encoded with
-        `encode(text, special=True)`. Models without a usable template get PLAIN_ROLE_MARKERS.
-        """
-        markers = self._chat_markers[0]
-        if role not in markers:
-            raise ModelError(f"unknown chat role {role!r}: use system, user or assistant")
-        return markers[role]
-
-    def chat_preamble(self, first_role: str) -> str:
-        """Text the chat template puts before the first message when it is of `first_role` (a default system message)."""
-        return self._chat_markers[1].get(first_role, "")
 
     @functools.cached_property
     def _chat_markers(self) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
