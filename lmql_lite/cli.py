@@ -45,6 +45,19 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # landed outside the run's own handling: entering, or a second Ctrl-C in a handler
+        _Printer.end_line()
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except _Terminated:
+        _Printer.end_line()
+        print("terminated", file=sys.stderr)
+        return TERMINATED
+
+
+def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
     with _quiet_libraries(debug), _terminate_on_sigterm():
         try:
