@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         return _main(argv)
-    except KeyboardInterrupt:  # landed outside the run's own handling: entering, or a second Ctrl-C in a handler
+    except KeyboardInterrupt:  # wherever it lands: while running, entering, or inside a handler below
         _Printer.end_line()
         print("interrupted", file=sys.stderr)
         return INTERRUPTED
@@ -74,14 +74,6 @@ def _main(argv: list[str]) -> int:
             if debug:
                 traceback.print_exc()
             return e.exit_code
-        except KeyboardInterrupt:
-            _Printer.end_line()
-            print("interrupted", file=sys.stderr)
-            return INTERRUPTED
-        except _Terminated:
-            _Printer.end_line()
-            print("terminated", file=sys.stderr)
-            return TERMINATED
         except BrokenPipeError:
             _silence_stdout()
             return 0
