@@ -126,8 +126,8 @@ def main() -> int:
                                                               ("shortest", args.shortest)) if v})
         made = speculate.for_options
 
-        def for_options(options, model):
-            d = made(options, model)
+        def for_options(options, model, spell):
+            d = made(options, model, spell)
             if d is not None:
                 d.proposer = lookup
                 d.longest = args.draft or d.longest
