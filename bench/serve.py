@@ -8,13 +8,16 @@ bench/gpu/vllm_check.sh) and --local none skips the in-process side. Each repeti
 query once on each side, paired; a side's figure is the median over repetitions of value tokens
 per second (tokens of the holes' values over the query's wall time). "raw server" is the same
 prompt as a plain completion of as many tokens (no lmql_lite, no constraint; its own count of
-tokens generated): what the server itself gives.
+tokens generated): what the server itself gives. --threads (default 2) is the started server's
+`--n_threads` and the in-process engine's (LMQL_LITE_THREADS for llama.cpp, torch's threads for
+transformers). "tokens" is the served side's value tokens, "local tok" the in-process side's.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -86,11 +89,13 @@ def main() -> int:
     ap.add_argument("--url", help="a running server (default: start llama_cpp.server on the default GGUF)")
     ap.add_argument("--local", default="default", help="the in-process model ('none' to skip; default: the "
                                                           "embedded default on its default engine)")
-    ap.add_argument("--threads", type=int, default=2, help="threads of the started server and of torch")
+    ap.add_argument("--threads", type=int, default=2, help="threads of the started server and of the in-process engine (llama.cpp or torch)")
     ap.add_argument("--only", help="comma-separated query names")
     args = ap.parse_args()
+    os.environ["LMQL_LITE_THREADS"] = str(args.threads)  # the in-process llama.cpp engine's threads, as the server's
     import lmql_lite
     names = args.only.split(",") if args.only else list(QUERIES)
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     proc, url = (None, args.url) if args.url else start_server(args.threads)
     try:
         served_handle = lmql_lite.model(url)
@@ -106,7 +111,7 @@ def main() -> int:
         rows = []
         for name in names:
             sides: dict[str, list[float]] = {"served": [], "local": [], "raw": []}
-            tokens = 0
+            tokens = local_tokens = 0
             for _ in range(args.reps):
                 seconds, tokens, prefix = timed_run(QUERIES[name], served_handle)
                 sides["served"].append(tokens / seconds)
@@ -116,6 +121,7 @@ def main() -> int:
                     sides["local"].append(local_tokens / seconds)
             row = {"query": name, "tokens": tokens, **{f"{k}_tok_s": common.median(v) for k, v in sides.items() if v}}
             if local is not None:
+                row["local_tokens"] = local_tokens
                 row["served_over_local"] = row["served_tok_s"] / row["local_tok_s"]
             rows.append(row)
     finally:
@@ -124,20 +130,25 @@ def main() -> int:
             proc.wait(timeout=30)
     report = {"server": served.dialect.name, "url": url, "served_model": served.served,
               "local_model": None if local is None else getattr(local.load(), "name", str(local)),
-              "reps": args.reps, "threads": args.threads, "rows": rows}
+              "local_engine": None if local is None else type(local.load()).__name__,
+              "reps": args.reps, "threads": args.threads, "rows": rows, "loadavg_at_start": load_at_start,
+              "machine": common.machine_note()}
     if local is not None:
         report["median_served_over_local"] = common.median([r["served_over_local"] for r in rows])
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"server: {report['server']} ({url}); in-process: {report['local_model']}; {args.reps} paired reps, "
-          f"value tokens per second (median)")
-    print(f"{'query':<12}{'tokens':>7}{'served':>9}{'raw srv':>9}{'local':>9}{'srv/local':>10}")
+    print(f"server: {report['server']} ({url}); in-process: {report['local_model']} ({report['local_engine']}); "
+          f"{args.reps} paired reps, value tokens per second (median)")
+    print(f"{'query':<12}{'tokens':>7}{'local tok':>10}{'served':>9}{'raw srv':>9}{'local':>9}{'srv/local':>10}")
     for r in rows:
-        print(f"{r['query']:<12}{r['tokens']:>7}{r['served_tok_s']:>9.1f}{r['raw_tok_s']:>9.1f}"
-              f"{r.get('local_tok_s', float('nan')):>9.1f}{r.get('served_over_local', float('nan')):>10.2f}")
+        print(f"{r['query']:<12}{r['tokens']:>7}{r.get('local_tokens', '-'):>10}{r['served_tok_s']:>9.1f}"
+              f"{r['raw_tok_s']:>9.1f}{r.get('local_tok_s', float('nan')):>9.1f}"
+              f"{r.get('served_over_local', float('nan')):>10.2f}")
     if local is not None:
         print(f"median served/local: {report['median_served_over_local']:.2f}")
+    print(f"threads {args.threads}; load average at start {load_at_start}, at the end "
+          f"{report['machine']['loadavg_1_5_15']}")
     return 0
 
 
