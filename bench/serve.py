@@ -8,9 +8,12 @@ bench/gpu/vllm_check.sh) and --local none skips the in-process side. Each repeti
 query once on each side, paired; a side's figure is the median over repetitions of value tokens
 per second (tokens of the holes' values over the query's wall time). "raw server" is the same
 prompt as a plain completion of as many tokens (no lmql_lite, no constraint; its own count of
-tokens generated): what the server itself gives. --threads (default 2) is the started server's
-`--n_threads` and the in-process engine's (LMQL_LITE_THREADS for llama.cpp, torch's threads for
-transformers). "tokens" is the served side's value tokens, "local tok" the in-process side's.
+tokens generated): what the server itself gives; "raw+lp" the same with `"logprobs": 1`, which
+the served backend sends with every hole (it reports the value's log-probability). The
+in-process side runs on --engine (default llama.cpp: the server's own engine on the same GGUF;
+`transformers`: the same weights converted to fp32). --threads (default 2) is the started server's `--n_threads` and the in-process
+engine's (LMQL_LITE_THREADS for llama.cpp, torch's threads for transformers). "tokens" is the
+served side's value tokens, "local tok" the in-process side's.
 """
 from __future__ import annotations
 
@@ -64,20 +67,24 @@ def start_server(threads: int) -> tuple[subprocess.Popen, str]:
 
 
 def timed_run(query: str, handle) -> tuple[float, int, str]:
-    """(seconds, tokens of the values, the prompt before the one hole) of one run."""
+    """(seconds, tokens of the values, the prompt before the last hole's value) of one run.
+
+    The values are counted as they stand in the prompt (`result.spans`), not as converted (a JSON
+    hole's value is a dict, an INT's an int)."""
     import lmql_lite
     seconds, result = common.timed(lambda: lmql_lite.run(query, model=handle))
     model = handle.load()
-    values = [str(result.variables[e.variable]) for e in result.trace.ends]
-    tokens = sum(len(model.encode(v)) for v in values)
     text = result.prompt
-    return seconds, tokens, text[: text.rindex(values[-1])] if values and values[-1] else text
+    tokens = sum(len(model.encode(text[start:end])) for start, end, _ in result.spans)
+    return seconds, tokens, text[: result.spans[-1][0]] if result.spans else text
 
 
-def raw_server(served, prefix: str, tokens: int) -> float:
-    """Tokens per second of a plain completion of `prefix` (argmax, no grammar, no lmql_lite) of that many tokens."""
+def raw_server(served, prefix: str, tokens: int, logprobs: bool = False) -> float:
+    """Tokens per second of a plain completion of `prefix` (argmax, no grammar, no lmql_lite) of that many tokens;
+    `logprobs`: with `"logprobs": 1`, as the served backend asks for each hole (for the value's log-probability)."""
     body = {"model": served.served, "prompt": served._prompt(list(served.bos_ids) + served.encode(prefix)),
-            "max_tokens": max(tokens, 1), "temperature": 0.0, **served.dialect.plain}
+            "max_tokens": max(tokens, 1), "temperature": 0.0, **served.dialect.plain,
+            **({"logprobs": 1} if logprobs else {})}
     seconds, reply = common.timed(lambda: served.client.post("/completions", body))
     return reply["usage"]["completion_tokens"] / seconds
 
@@ -89,6 +96,9 @@ def main() -> int:
     ap.add_argument("--url", help="a running server (default: start llama_cpp.server on the default GGUF)")
     ap.add_argument("--local", default="default", help="the in-process model ('none' to skip; default: the "
                                                           "embedded default on its default engine)")
+    ap.add_argument("--engine", choices=("llama.cpp", "transformers"), default="llama.cpp",
+                    help="the in-process side's engine (default llama.cpp: the server's engine and GGUF, so the "
+                         "two sides differ by the server path only; transformers: the GGUF converted to fp32)")
     ap.add_argument("--threads", type=int, default=2, help="threads of the started server and of the in-process engine (llama.cpp or torch)")
     ap.add_argument("--only", help="comma-separated query names")
     args = ap.parse_args()
@@ -100,7 +110,8 @@ def main() -> int:
     try:
         served_handle = lmql_lite.model(url)
         served = served_handle.load()
-        local = None if args.local == "none" else lmql_lite.model(None if args.local == "default" else args.local)
+        local = None if args.local == "none" else lmql_lite.model(None if args.local == "default" else args.local,
+                                                                  engine=args.engine)
         if local is not None:
             common.set_threads(args.threads)
             local.load()
@@ -110,12 +121,13 @@ def main() -> int:
                 timed_run(QUERIES[name], local)
         rows = []
         for name in names:
-            sides: dict[str, list[float]] = {"served": [], "local": [], "raw": []}
+            sides: dict[str, list[float]] = {"served": [], "local": [], "raw": [], "raw_logprobs": []}
             tokens = local_tokens = 0
             for _ in range(args.reps):
                 seconds, tokens, prefix = timed_run(QUERIES[name], served_handle)
                 sides["served"].append(tokens / seconds)
                 sides["raw"].append(raw_server(served, prefix, tokens))
+                sides["raw_logprobs"].append(raw_server(served, prefix, tokens, logprobs=True))
                 if local is not None:
                     seconds, local_tokens, _ = timed_run(QUERIES[name], local)
                     sides["local"].append(local_tokens / seconds)
@@ -140,10 +152,11 @@ def main() -> int:
         return 0
     print(f"server: {report['server']} ({url}); in-process: {report['local_model']} ({report['local_engine']}); "
           f"{args.reps} paired reps, value tokens per second (median)")
-    print(f"{'query':<12}{'tokens':>7}{'local tok':>10}{'served':>9}{'raw srv':>9}{'local':>9}{'srv/local':>10}")
+    print(f"{'query':<12}{'tokens':>7}{'local tok':>10}{'served':>9}{'raw srv':>9}{'raw+lp':>9}{'local':>9}"
+          f"{'srv/local':>10}")
     for r in rows:
         print(f"{r['query']:<12}{r['tokens']:>7}{r.get('local_tokens', '-'):>10}{r['served_tok_s']:>9.1f}"
-              f"{r['raw_tok_s']:>9.1f}{r.get('local_tok_s', float('nan')):>9.1f}"
+              f"{r['raw_tok_s']:>9.1f}{r['raw_logprobs_tok_s']:>9.1f}{r.get('local_tok_s', float('nan')):>9.1f}"
               f"{r.get('served_over_local', float('nan')):>10.2f}")
     if local is not None:
         print(f"median served/local: {report['median_served_over_local']:.2f}")
