@@ -6,7 +6,9 @@ Run: python bench/ray_batch.py [--json] [--inputs 16] [--tokens 8] [--batch-size
 One local cluster (all of this machine's CPUs) serves every Ray run; each Ray run starts its own
 workers, which load their own copy of the model, so two rates are given: over the whole run
 (`rows/s`, worker start and model load included) and from the first row back to the last
-(`rows/s after first`, the steady state). The plain run's model is loaded before its clock starts.
+(`rows/s after first`: the start left out; with several workers the others' rows done before the
+first one arrived come in a burst, so it overstates the steady state). The plain run's model is
+loaded before its clock starts.
 Repetitions run the three configurations in alternating order, and medians are reported.
 """
 from __future__ import annotations
