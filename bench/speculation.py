@@ -40,8 +40,8 @@ SUITE: list[tuple[str, str, str]] = [
 '''),
     ("quote", "quote a sentence", r'''argmax
     "Article: {doc}\n"
-    "Copy the sentence of the article that gives the budget, word for word.\n"
-    "Sentence:[QUOTE]" where STOPS_AT(QUOTE, ".") and len(TOKENS(QUOTE)) < 48
+    "Q: Which sentence of the article gives the budget? Quote it word for word.\n"
+    "A: \"[QUOTE]" where STOPS_BEFORE(QUOTE, '"') and len(TOKENS(QUOTE)) < 48
     return QUOTE.strip()
 '''),
     ("record", "fill a JSON record from a document", r'''argmax
