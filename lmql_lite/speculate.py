@@ -130,11 +130,11 @@ class Learned:
     and per strength of evidence (a match of 2–3, 4–7, 8–15, 16–31, 32+ bytes) how often a drafted
     token the model had not yet refused was kept (hits / trials).
 
-    The prior is worth two guesses, at the shares measured with drafts forced on over
-    bench/speculation.py's queries and bench/run.py's suite on the default model: matches under 8
-    bytes kept 64 of 136 guesses, longer ones 50 of 60 (docs/performance.md)."""
+    The prior is worth two guesses, at the shares `bench/speculation.py --guesses` measured (drafts
+    forced on over its queries and bench/run.py's, on the default model): matches under 8 bytes
+    kept 42 of 89 guesses, of 8–15 bytes 7 of 11, of 32 or more 12 of 13 (docs/performance.md)."""
 
-    PRIOR = {1: 0.45, 2: 0.45, 3: 0.45, 4: 0.8, 5: 0.85, 6: 0.85}
+    PRIOR = {1: 0.45, 2: 0.45, 3: 0.45, 4: 0.65, 5: 0.8, 6: 0.9}
     WEIGHT, CAP = 2.0, 64.0
 
     def __init__(self, declared_cost: Callable[[int], float] | None = None):
@@ -281,11 +281,14 @@ class Drafter:
             self._strengths[id(filling)] = strengths[:keep]
         return out[:keep]
 
+    MARGIN = 1.1  # a draft must promise this much more than a plain pass: near 1 the estimates decide by noise
+
     def worth(self, strengths: Sequence[int | None], queued: int = 1) -> int:
         """How many of a draft's tokens to send: the count with the most expected tokens per unit of
-        pass time (0: the draft does not pay). A token counts when every one before it was kept."""
+        pass time, if that beats a plain pass by `MARGIN` (else 0). A token counts when every one
+        before it was kept."""
         costs = self.learned.costs
-        best, best_rate = 0, 1.0 / costs.relative(max(queued, 1))
+        best, best_rate = 0, self.MARGIN / costs.relative(max(queued, 1))
         expected, chain = 1.0, 1.0
         for k, strength in enumerate(strengths, 1):
             chain *= 1.0 if strength is None else self.learned.chance(strength)
