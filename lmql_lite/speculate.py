@@ -230,6 +230,7 @@ class Drafter:
         self.longest = longest            # draft tokens per pass at most
         self.queued_limit = queued_limit  # a pass that feeds more (a prompt) takes no draft: every position costs logits
         self._strengths: dict[int, list[int | None]] = {}  # id(filling) → per draft token, its strength (None: sure)
+        self._hole: dict[int, list[int]] = {}  # id(filling) → [guesses kept, guesses judged] in this hole
 
     def draft(self, filling, tokens: list[int], room: int, queued: int = 1) -> list[int]:
         """The draft for `filling`'s hole after `tokens` (the row's sequence, `queued` of them not yet
@@ -276,22 +277,31 @@ class Drafter:
                 guide.advance(tok)
         except LmqlError:  # no token could continue the copy: what came before stands
             pass
-        keep = self.worth(strengths, queued)
+        keep = self.worth(strengths, queued, self._hole.get(id(filling)))
         if keep:
             self._strengths[id(filling)] = strengths[:keep]
         return out[:keep]
 
     MARGIN = 1.1  # a draft must promise this much more than a plain pass: near 1 the estimates decide by noise
+    HOLE_WEIGHT = 2.0  # the model-wide chance counts as this many of the hole's own guesses
 
-    def worth(self, strengths: Sequence[int | None], queued: int = 1) -> int:
+    def worth(self, strengths: Sequence[int | None], queued: int = 1, hole: Sequence[int] | None = None) -> int:
         """How many of a draft's tokens to send: the count with the most expected tokens per unit of
         pass time, if that beats a plain pass by `MARGIN` (else 0). A token counts when every one
-        before it was kept."""
+        before it was kept; a guess with the model's chance for its strength, moved towards the
+        share the hole's own guesses kept (`hole`: [kept, judged]): a few-shot prompt's earlier
+        answer matches well and is the one text the model must not copy."""
         costs = self.learned.costs
+        hits, trials = hole or (0, 0)
+        w = self.HOLE_WEIGHT
+
+        def chance(strength: int) -> float:
+            return (self.learned.chance(strength) * w + hits) / (w + trials)
+
         best, best_rate = 0, self.MARGIN / costs.relative(max(queued, 1))
         expected, chain = 1.0, 1.0
         for k, strength in enumerate(strengths, 1):
-            chain *= 1.0 if strength is None else self.learned.chance(strength)
+            chain *= 1.0 if strength is None else chance(strength)
             expected += chain
             rate = expected / costs.relative(queued + k)
             if rate > best_rate:
@@ -300,9 +310,12 @@ class Drafter:
 
     def kept(self, filling, accepted: int) -> None:
         """`accepted` tokens of `filling`'s last draft were kept: what its guesses are worth is updated."""
+        hole = self._hole.setdefault(id(filling), [0, 0])
         for i, strength in enumerate(self._strengths.pop(id(filling), ())):
             if strength is not None:
                 self.learned.saw(strength, i < accepted)
+                hole[0] += i < accepted
+                hole[1] += 1
             if i >= accepted:
                 break
 

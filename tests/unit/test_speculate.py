@@ -112,6 +112,15 @@ def test_a_draft_is_cut_where_it_pays_most():
     assert flat_wide.worth([3]) == 0 and flat_wide.worth([None, None, 3, 3]) == 4
 
 
+def test_a_hole_whose_guesses_are_refused_stops_drafting():
+    # a long match (chance 0.9 model-wide) that this hole's model refuses twice: a few-shot
+    # prompt's earlier answer, proposed where the model writes its own
+    drafter = speculate.Drafter(Listed([]), None, frozenset(), speculate.Learned(lambda w: 1.0 if w == 1 else 1.8))
+    assert drafter.worth([6] * 8) == 8
+    assert drafter.worth([6] * 8, hole=[0, 2]) == 0
+    assert drafter.worth([6] * 8, hole=[4, 4]) == 8
+
+
 def test_kept_counts_guesses_until_the_first_refused(fake):
     enc = fake.encode
     f = filling_for(fake, terms.Regex("X", r"[a-c]+"), api._index(fake))
@@ -127,6 +136,7 @@ def test_kept_counts_guesses_until_the_first_refused(fake):
     assert drafter.draft(f, [], 3) == enc("abc") + enc("ab")  # the proposal again after its end
     drafter.kept(f, 3)  # all three kept: three hits
     assert learned.chance(strength) == pytest.approx((hits + 6) / (trials + 9))
+    assert drafter._hole[id(f)] == [6, 9]  # the hole's own count, which `worth` leans on
     drafter.kept(f, 0)  # no draft pending: nothing counted
     assert learned.chance(strength) == pytest.approx((hits + 6) / (trials + 9))
 
