@@ -119,6 +119,10 @@ class Runner:
         except (Expired, KeyboardInterrupt) as stop:  # a timeout or Ctrl-C: keep what each row had decoded
             stop.decoded = [b.decoded() for b in self.branches]
             raise
+        finally:
+            # The branches and the runner refer to each other, so the batch would wait for the cycle
+            # collector: let it go now, and its engine state (a llama.cpp context) serve the next run.
+            self._batch = None
         return self.decoder.rank([b.result() for b in self.branches])
 
     def _settle(self) -> list[Branch]:

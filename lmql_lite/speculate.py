@@ -103,21 +103,23 @@ class PassCosts:
     def __init__(self, declared: Callable[[int], float] | None = None):
         self.declared = declared
         self._seconds: dict[int, deque[float]] = {}
+        self._medians: dict[int, float] = {}  # width → median of its deque, kept up to date
 
     def record(self, width: int, seconds: float) -> None:
         if 1 <= width <= self.WIDEST:
-            self._seconds.setdefault(width, deque(maxlen=self.KEPT)).append(seconds)
+            kept = self._seconds.setdefault(width, deque(maxlen=self.KEPT))
+            kept.append(seconds)
+            self._medians[width] = median(kept)
 
     def relative(self, width: int) -> float:
         if self.declared is not None:
             return self.declared(width)
-        if 1 not in self._seconds or width <= 1:
+        if 1 not in self._medians or width <= 1:
             return 1.0 + 0.1 * (width - 1)  # nothing to compare with yet: nearly free, so a draft gets tried
-        base = median(self._seconds[1])
-        known = sorted(w for w in self._seconds if w > 1)
-        below = max([w for w in known if w <= width], default=1)
-        above = min([w for w in known if w >= width], default=None)
-        at = lambda w: median(self._seconds[w]) / base if w > 1 else 1.0  # noqa: E731
+        base, medians = self._medians[1], self._medians
+        below = max([w for w in medians if 1 < w <= width], default=1)
+        above = min([w for w in medians if w >= width > 1], default=None)
+        at = lambda w: medians[w] / base if w > 1 else 1.0  # noqa: E731
         if above is None:  # wider than any measured: as the widest measured (tried, then known)
             return at(below) if below > 1 else 1.0 + 0.1 * (width - 1)
         if above == below:
@@ -151,6 +153,10 @@ class Learned:
     def chance(self, strength: int) -> float:
         hits, trials = self._counts.get(strength) or self._prior(strength)
         return hits / trials
+
+    def likeliest(self) -> int:
+        """The strength whose guesses are kept most often."""
+        return max(self.PRIOR, key=self.chance)
 
     def saw(self, strength: int, kept: bool) -> None:
         counts = self._counts.setdefault(strength, self._prior(strength))
@@ -236,6 +242,9 @@ class Drafter:
         """The draft for `filling`'s hole after `tokens` (the row's sequence, `queued` of them not yet
         fed), `room` tokens at most, cut where it stops paying."""
         room = min(room, self.longest)
+        hole = self._hole.get(id(filling))
+        if not filling.guide.forced() and self.worth([self.learned.likeliest()] * room, queued, hole) == 0:
+            return []  # not even a run of the likeliest guesses would pay: no lookup
         guide = filling.guide.copy()
         out: list[int] = []
         strengths: list[int | None] = []  # None: a token the hole must take (forced text, a lone allowed token)
@@ -277,7 +286,7 @@ class Drafter:
                 guide.advance(tok)
         except LmqlError:  # no token could continue the copy: what came before stands
             pass
-        keep = self.worth(strengths, queued, self._hole.get(id(filling)))
+        keep = self.worth(strengths, queued, hole)
         if keep:
             self._strengths[id(filling)] = strengths[:keep]
         return out[:keep]

@@ -211,15 +211,18 @@ def test_copying_takes_several_tokens_per_pass(fake):
     assert a.trace.forward_passes * 3 <= b.trace.forward_passes
 
 
-def test_rows_hold_only_the_accepted_tokens(fake):
+def test_rows_hold_only_the_accepted_tokens(fake, monkeypatch):
     """After the run, each batch row holds exactly its prompt's tokens: rejected positions were truncated."""
     source = QUERIES[1]
     program = api.load(source)
     options = DecoderOptions()
+    made = []  # the run lets go of its batch at the end: keep it here to look at
+    monkeypatch.setattr(fake, "batch", lambda rows, batch=fake.batch: made.append(batch(rows)) or made[-1])
     runner = Runner(fake, api._index(fake), options)
     results = runner.run(api._starts(program, [{}, {}]))
+    assert len(made) == 1 and runner._batch is None
     for row, branch in enumerate(runner.branches):
-        assert runner.batch.tokens(row) == branch.prompt.tokens[:branch.prompt.fed]
+        assert made[0].tokens(row) == branch.prompt.tokens[:branch.prompt.fed]
         assert fake.decode(branch.prompt.tokens[:branch.prompt.fed]) in fake.decode(fake.bos_ids) + results[row].prompt
     assert sum(r.trace.rejected_tokens for r in results) > 0  # the test saw rejections to truncate
 
