@@ -25,6 +25,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("LMQL_LITE_ENGINE", "transformers")
 
 
+def log(*args) -> None:
+    """A progress line on stderr (stdout is the report)."""
+    print(*args, file=sys.stderr, flush=True)
+
+
+def only(suite: Sequence[tuple], names: str | None) -> list[tuple]:
+    """The entries of `suite` whose name (first field) is among `names` (comma-separated); all when None (--only)."""
+    return [q for q in suite if not names or q[0] in names.split(",")]
+
+
 # ---- timing -------------------------------------------------------------------------------
 
 def median(xs: Sequence[float]) -> float:

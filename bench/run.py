@@ -413,7 +413,7 @@ def main() -> int:
     os.environ["LMQL_LITE_ENGINE"] = "transformers"  # lmql_lite's runs, and the fresh processes below
     reps = 1 if args.quick else args.reps
     threads = common.set_threads(args.threads)
-    suite = [q for q in common.SUITE if not args.only or q[0] in args.only.split(",")]
+    suite = common.only(common.SUITE, args.only)
     t0 = time.perf_counter()
     model = common.default_model()
     load_s = time.perf_counter() - t0
