@@ -143,10 +143,7 @@ def measure_query(lm, raw: RawLlama, hf, name: str, what: str, source: str, inpu
     sides = [("lmql", run_lmql), *raws.items(), ("transformers", transformers_side)]
     for _, fn in sides:  # warm-up
         fn()
-    times = {side: [] for side, _ in sides}
-    for rep in range(reps):
-        for side, fn in (sides if rep % 2 == 0 else sides[::-1]):
-            times[side].append(common.timed(fn)[0])
+    times, _ = common.alternating(sides, reps)
     medians = {side: median(t) for side, t in times.items()}
     floor = min(raws, key=medians.get)
     ratios = sorted(a / b for a, b in zip(times["lmql"], times[floor]))
