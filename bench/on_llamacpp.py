@@ -119,9 +119,8 @@ class RawLlama:
 
 def measure_query(lm, raw: RawLlama, hf, name: str, what: str, source: str, inputs: dict, reps: int) -> dict:
     import lmql_lite
-    from run import prefix_of
     row = {"name": name, "what": what}
-    probe, prefix = prefix_of(lmql_lite, source, inputs)
+    probe, prefix = common.prefix_of(source, trace=True, **inputs)
     tr = probe.trace
     n = tr.generated_tokens + tr.forced_tokens
     prompt = list(lm.bos_ids) + lm.encode(prefix, special=True)
