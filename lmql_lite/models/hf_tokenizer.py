@@ -130,7 +130,7 @@ class TokenizerSide(ChatRoles):
         return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=not special)
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of `ids`: the vocabulary's bytes, special tokens written out (what a text prompt sends for them)."""
+        """Text of `ids`: the vocabulary's bytes, special tokens written out (a served model's text prompt sends them so)."""
         return b"".join(self._decoded_bytes[i] for i in ids).decode("utf-8", errors="replace")
 
     @functools.cached_property
