@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets sys.path, HF_HUB_OFFLINE)
-from common import median  # noqa: E402
+from common import log, median  # noqa: E402
 
 DOCUMENT = ("Northwind Labs announced on Monday that Dr. Helena Vasquez-Moreau will lead its new research centre "
             "in Porto. The centre, which opens in September 2025, will employ 140 engineers and focus on battery "
@@ -66,20 +66,10 @@ SUITE: list[tuple[str, str, str]] = [
 ]
 
 
-def log(*args) -> None:
-    print(*args, file=sys.stderr, flush=True)
-
-
-def prefix_ids(model, lmql_lite, source: str) -> list[int]:
+def prefix_ids(model, source: str) -> list[int]:
     """The prompt's tokens before the first hole's value (BOS included), as the raw side is given them."""
-    events = []
-    lmql_lite.run(source, doc=DOCUMENT, on_text=lambda row, text, kind: events.append((kind, text)))
-    prefix = []
-    for kind, text in events:
-        if kind in ("value", "end"):
-            break
-        prefix.append(text)
-    return list(model.bos_ids) + model.encode("".join(prefix), special=True)
+    _, prefix = common.prefix_of(source, doc=DOCUMENT)
+    return list(model.bos_ids) + model.encode(prefix, special=True)
 
 
 def measure(model, name: str, what: str, source: str, reps: int) -> dict:
@@ -90,15 +80,11 @@ def measure(model, name: str, what: str, source: str, reps: int) -> dict:
 
     on, off = run(None), run(False)  # warm-up, and the values to compare
     tokens = off.trace.generated_tokens + off.trace.forced_tokens
-    ids = prefix_ids(model, lmql_lite, source)
+    ids = prefix_ids(model, source)
     raw = lambda: common.raw_manual(model, ids, tokens)  # noqa: E731
     raw()
-    times: dict[str, list[float]] = {"on": [], "off": [], "raw": []}
-    sides = {"on": lambda: run(None), "off": lambda: run(False), "raw": raw}
-    for rep in range(reps):
-        for side in (("on", "off", "raw") if rep % 2 == 0 else ("raw", "off", "on")):
-            times[side].append(common.timed(sides[side])[0])
-    ratio = lambda a, b: median([x / y for x, y in zip(times[a], times[b])])  # noqa: E731
+    times, _ = common.alternating([("on", lambda: run(None)), ("off", lambda: run(False)), ("raw", raw)], reps)
+    ratio = lambda a, b: common.paired_ratio(times[a], times[b])  # noqa: E731
     t = on.trace
     return {
         "name": name, "what": what, "tokens": tokens, "passes": t.forward_passes, "passes_off": off.trace.forward_passes,
@@ -169,9 +155,7 @@ def main() -> int:
     model.vocabulary  # noqa: B018 (built once, outside the timed runs)
     doc = {"machine": common.machine_note(), "reps": args.reps, "threads": threads, "queries": [],
            "settings": {"longest": args.longest, "shortest": args.shortest, "draft": args.draft}}
-    for name, what, source in SUITE:
-        if args.only and name not in args.only.split(","):
-            continue
+    for name, what, source in common.only(SUITE, args.only):
         log(f"[speculation.py] {name} ...")
         doc["queries"].append(measure(model, name, what, source, args.reps))
     qs = doc["queries"]
