@@ -233,7 +233,7 @@ class Runner:
             for b in going:
                 b.settle()
         for b in active:
-            self._keep(b, held[b][1], drafts.get(b) and fillings[b])
+            self._keep(b, held[b][1], fillings[b] if b in drafts else None)
 
     def _position(self, b: Branch, first: int, n: int) -> int | None:
         """Where in its row's logits the logits after `b`'s last token are; None when they are not there."""
@@ -258,6 +258,7 @@ class Runner:
         b.trace.accepted_tokens += accepted
         if drafted_for is not None:
             self.drafter.kept(drafted_for, accepted)
+
     def _look(self, active: list[Branch], logits: np.ndarray) -> None:
         """Each active branch's unmasked distribution and its `detail` likeliest ids, before the mask and ends touch the logits."""
         k = min(self.detail, logits.shape[1])
