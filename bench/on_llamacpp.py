@@ -3,11 +3,16 @@
 For each query of common.SUITE, in one process and one run, repetitions paired and alternating:
 - lmql_lite: `lmql_lite.run(query, **inputs)` on the default model on llama.cpp, the whole call;
 - raw llama.cpp: the same GGUF, the prompt text before the query's first hole, greedy generation of
-  exactly as many new tokens as lmql_lite's holes produced, two ways, the faster is the floor:
-  `lowlevel` (one context made once and cleared per run, the prompt in one llama_decode, then
-  llama_decode of one token + numpy argmax per token) and `generate` (`Llama.generate` with
-  top_k=1, llama-cpp-python's own loop). A `distribution` query scores the values instead: the
-  prompt once, the values as copies of its sequence in one decode.
+  exactly as many new tokens as lmql_lite's holes produced, two ways, the faster (by median) is the
+  floor: `lowlevel` (one context made once, its memory cleared before each run, the prompt in one
+  llama_decode, then llama_decode of one token + numpy argmax per token) and `generate`
+  (`Llama.generate` with top_k=1, llama-cpp-python's own loop, on one `Llama` object made once and
+  `reset()` before each run). Both start every repetition from an empty KV cache and evaluate the
+  whole prompt, as lmql_lite does: `Llama.generate(reset=True)` on its own would keep the previous
+  call's common prefix and skip the prompt from the second call on. Each query checks once, outside
+  the timed runs, that `generate` hands `Llama.eval` all prompt tokens + n - 1 (`generate_fed_tokens`
+  in the JSON), and fails otherwise. A `distribution` query scores the values instead: the prompt
+  once, the values as copies of its sequence in one decode.
 - raw transformers: `common.raw_manual` (a tight DynamicCache loop) on the converted weights.
 Also: time to first token of a fresh process on both engines, and whether both engines give the
 same values under argmax.
@@ -80,18 +85,44 @@ class RawLlama:
                 self._decode(self._fill([token], len(prompt) + i))
         return new
 
-    def generate(self, prompt: list[int], n: int) -> list[int]:
-        """Greedy decoding of `n` new tokens with llama-cpp-python's `Llama.generate` (top_k=1)."""
+    def _high(self):
         if self.high is None:
             from llama_cpp import Llama
             self.high = Llama(self.path, n_ctx=LOWLEVEL_CELLS, n_threads=self.threads, n_threads_batch=self.threads,
                               verbose=False)
+        return self.high
+
+    def generate(self, prompt: list[int], n: int) -> list[int]:
+        """Greedy decoding of `n` new tokens with llama-cpp-python's `Llama.generate` (top_k=1), from an empty
+        KV state: the whole prompt is evaluated on every call, as lmql_lite and `lowlevel` do.
+
+        `generate(..., reset=True)` alone does not do that: while `Llama.n_tokens > 0` it keeps the longest
+        common prefix of the previous call's tokens in the KV cache (llama_cpp/llama.py, "Check for kv cache
+        prefix match"), so a repeated prompt was never evaluated again. `Llama.reset()` first sets n_tokens
+        to 0, which skips that match; `Llama.eval` then removes every cell from position 0 on
+        (`kv_cache_seq_rm(-1, 0, -1)`) before it decodes the prompt.
+        """
+        high = self._high()
+        high.reset()
         new = []
-        for token in self.high.generate(prompt, top_k=1, top_p=1.0, temp=0.0, reset=True):
+        for token in high.generate(prompt, top_k=1, top_p=1.0, temp=0.0, reset=True):
             new.append(token)
             if len(new) == n:
                 break
         return new
+
+    def generate_fed(self, prompt: list[int], n: int) -> int:
+        """Tokens `generate` hands to `Llama.eval` for one call (counted by wrapping eval; not timed): must be
+        len(prompt) + n - 1, i.e. no prompt token skipped."""
+        high = self._high()
+        fed = []
+        plain = high.eval
+        high.eval = lambda tokens: (fed.append(len(tokens)), plain(tokens))[1]
+        try:
+            self.generate(prompt, n)
+        finally:
+            del high.eval
+        return sum(fed)
 
     def score(self, prompt: list[int], candidates: list[list[int]]) -> list[float]:
         """Total log-probability of each candidate after the prompt: the prompt once, the candidates as
@@ -142,6 +173,12 @@ def measure_query(lm, raw: RawLlama, hf, name: str, what: str, source: str, inpu
     sides = [("lmql", run_lmql), *raws.items(), ("transformers", transformers_side)]
     for _, fn in sides:  # warm-up
         fn()
+    if "generate" in raws:  # the floor must evaluate the whole prompt on every repetition (see RawLlama.generate)
+        fed = raw.generate_fed(prompt, n)
+        if fed != len(prompt) + n - 1:
+            raise RuntimeError(f"{name}: Llama.generate evaluated {fed} tokens, not {len(prompt) + n - 1} "
+                               f"(prompt {len(prompt)} + {n} new - 1): it reused a cached prefix")
+        row["generate_fed_tokens"] = fed
     times, _ = common.alternating(sides, reps)
     medians = {side: median(t) for side, t in times.items()}
     floor = min(raws, key=medians.get)
