@@ -47,8 +47,11 @@ class Proposal:
 class Proposer(Protocol):
     """Guesses the tokens that follow a sequence (prompt lookup now; a small draft model later)."""
 
-    def propose(self, tokens: Sequence[int], limit: int) -> Proposal | None:
-        """Up to `limit` token ids likely to follow `tokens` (the row's whole sequence), or None."""
+    def propose(self, tokens: Sequence[int], limit: int,
+                wanted: Callable[[int], bool] | None = None) -> Proposal | None:
+        """Up to `limit` token ids likely to follow `tokens` (the row's whole sequence), or None.
+        `wanted(evidence)`: whether a proposal of that evidence would be used; when not, the
+        proposer may stop before spelling it and give None."""
 
 
 class PromptLookup:
@@ -69,7 +72,8 @@ class PromptLookup:
         self.shortest = shortest or self.SHORTEST
         self.longest, self.reach = longest or self.LONGEST, reach or self.REACH
 
-    def propose(self, tokens: Sequence[int], limit: int) -> Proposal | None:
+    def propose(self, tokens: Sequence[int], limit: int,
+                wanted: Callable[[int], bool] | None = None) -> Proposal | None:
         if limit <= 0:
             return None
         text = b"".join(map(self.pieces.__getitem__, tokens))
@@ -84,6 +88,8 @@ class PromptLookup:
                 found = mid
             else:
                 beyond = mid
+        if wanted is not None and not wanted(found):
+            return None  # not worth spelling: the tokenizer is the dearest part
         start = text.rfind(text[-found:], 0, n - 1) + found
         follows = text[start:start + limit * self.reach]
         ids = self.encode(follows.decode("utf-8", errors="ignore"))
@@ -271,7 +277,11 @@ class Drafter:
                         if lookups == 2:
                             break
                         lookups += 1
-                        found = self.proposer.propose(tokens + out, room - len(out))
+                        left = room - len(out)
+                        found = self.proposer.propose(
+                            tokens + out, left,
+                            lambda e, s=strengths, left=left: self.worth(s + [self.learned.strength(e)] * left,
+                                                                          queued, hole) > 0)
                         if found is None or not found.tokens:
                             break
                         proposal, strength = found.tokens, self.learned.strength(found.evidence)

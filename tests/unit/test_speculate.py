@@ -48,6 +48,14 @@ def test_prompt_lookup_takes_the_latest_place_of_the_longest_match(fake):
     assert lookup(fake).propose(fake.encode("abcdefgh abc"), 0) is None
 
 
+def test_a_proposal_nobody_wants_is_not_spelt(fake):
+    spelt = []
+    look = speculate.PromptLookup(fake.vocabulary.tokens, lambda text: spelt.append(text) or fake.encode(text), shortest=4)
+    tokens = fake.encode("one ab cd1; two ab cd2; ab cd")
+    assert look.propose(tokens, 3, wanted=lambda evidence: evidence > 6) is None and spelt == []
+    assert look.propose(tokens, 3, wanted=lambda evidence: evidence == 6).evidence == 6 and len(spelt) == 1
+
+
 def test_a_proposal_may_run_into_the_rows_own_end(fake):
     found = lookup(fake).propose(fake.encode("hey abcd abcd"), 9)
     assert fake.decode(found.tokens) == " abcd"
@@ -59,7 +67,7 @@ class Listed:
     def __init__(self, tokens, evidence=32):
         self.tokens, self.evidence = tokens, evidence
 
-    def propose(self, tokens, limit):
+    def propose(self, tokens, limit, wanted=None):
         return speculate.Proposal(self.tokens[:limit], self.evidence)
 
 
