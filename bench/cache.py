@@ -48,7 +48,7 @@ def main() -> int:
     import lmql_lite
     from lmql_lite import runcache
     model = common.default_model()
-    suite = [q for q in common.SUITE if not args.only or q[0] in args.only.split(",")]
+    suite = common.only(common.SUITE, args.only)
     fingerprint = fingerprint_seconds(model)
     rows = []
     for name, what, source, inputs in suite:
@@ -76,10 +76,11 @@ def main() -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
-    print(f"{'query':<14} {'passes 1st':>10} {'passes 2nd':>10} {'1st s':>8} {'2nd s':>8} {'2nd/1st':>8}  same")
-    for r in rows:
-        print(f"{r['query']:<14} {r['first_passes']:>10} {r['second_passes']:>10} {r['first_s']:>8.3f} "
-              f"{r['second_s']:>8.3f} {r['ratio']:>8.3f}  {r['same_result']}")
+    print(common.table(
+        ("query", "passes 1st", "passes 2nd", "1st s", "2nd s", "2nd/1st", "same"),
+        [(r["query"], r["first_passes"], r["second_passes"], r["first_s"], r["second_s"], r["ratio"],
+          r["same_result"]) for r in rows],
+        ("{}", "{}", "{}", "{:.3f}", "{:.3f}", "{:.3f}", "{}")))
     print(f"median ratio {doc['median_ratio']:.3f}; fingerprint: {fingerprint['hashed']:.3f} s hashed, "
           f"{fingerprint['from memo']:.4f} s from its memo")
     return 0

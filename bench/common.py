@@ -25,6 +25,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("LMQL_LITE_ENGINE", "transformers")
 
 
+def log(*args) -> None:
+    """A progress line on stderr (stdout is the report)."""
+    print(*args, file=sys.stderr, flush=True)
+
+
+def only(suite: Sequence[tuple], names: str | None) -> list[tuple]:
+    """The entries of `suite` whose name (first field) is among `names` (comma-separated); all when None (--only)."""
+    return [q for q in suite if not names or q[0] in names.split(",")]
+
+
 # ---- timing -------------------------------------------------------------------------------
 
 def median(xs: Sequence[float]) -> float:
@@ -38,12 +48,46 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
+def alternating(sides: Sequence[tuple[str, Callable[[], Any]]], reps: int) -> tuple[dict[str, list[float]], dict[str, list[Any]]]:
+    """Per side, the seconds and the result of each of `reps` repetitions.
+
+    Each repetition runs every side back to back, in reversed order every other time: a slow
+    stretch of the machine (other processes, frequency changes) then hits every side alike.
+    """
+    seconds: dict[str, list[float]] = {side: [] for side, _ in sides}
+    results: dict[str, list[Any]] = {side: [] for side, _ in sides}
+    for rep in range(reps):
+        for side, fn in (sides if rep % 2 == 0 else sides[::-1]):
+            dt, out = timed(fn)
+            seconds[side].append(dt)
+            results[side].append(out)
+    return seconds, results
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """The median over repetitions of a's time ÷ b's in the same repetition (pairing cancels the drifts that move both)."""
+    return median([x / y for x, y in zip(a, b)])
+
+
 def set_threads(threads: int | None) -> int:
     """Use `threads` torch threads (None: torch's default) for everything in this process; returns the count."""
     import torch
     if threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def prefix_of(source: str, **options) -> tuple[Any, str]:
+    """Run `source` once with `options`; → (the result, the prompt text before the first hole's value)."""
+    import lmql_lite
+    events = []
+    result = lmql_lite.run(source, on_text=lambda row, text, kind: events.append((kind, text)), **options)
+    prefix = []
+    for kind, text in events:
+        if kind in ("value", "end"):
+            break
+        prefix.append(text)
+    return result, "".join(prefix)
 
 
 # ---- the model ----------------------------------------------------------------------------

@@ -150,9 +150,8 @@ class RawLlama:
 
 def measure_query(lm, raw: RawLlama, hf, name: str, what: str, source: str, inputs: dict, reps: int) -> dict:
     import lmql_lite
-    from run import prefix_of
     row = {"name": name, "what": what}
-    probe, prefix = prefix_of(lmql_lite, source, inputs)
+    probe, prefix = common.prefix_of(source, trace=True, **inputs)
     tr = probe.trace
     n = tr.generated_tokens + tr.forced_tokens
     prompt = list(lm.bos_ids) + lm.encode(prefix, special=True)
@@ -180,10 +179,7 @@ def measure_query(lm, raw: RawLlama, hf, name: str, what: str, source: str, inpu
             raise RuntimeError(f"{name}: Llama.generate evaluated {fed} tokens, not {len(prompt) + n - 1} "
                                f"(prompt {len(prompt)} + {n} new - 1): it reused a cached prefix")
         row["generate_fed_tokens"] = fed
-    times = {side: [] for side, _ in sides}
-    for rep in range(reps):
-        for side, fn in (sides if rep % 2 == 0 else sides[::-1]):
-            times[side].append(common.timed(fn)[0])
+    times, _ = common.alternating(sides, reps)
     medians = {side: median(t) for side, t in times.items()}
     floor = min(raws, key=medians.get)
     ratios = sorted(a / b for a, b in zip(times["lmql"], times[floor]))

@@ -34,11 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets sys.path, HF_HUB_OFFLINE)
-from common import median  # noqa: E402
-
-
-def log(*args) -> None:
-    print(*args, file=sys.stderr, flush=True)
+from common import log, median  # noqa: E402
 
 
 class ForwardTimer:
@@ -74,26 +70,13 @@ class ForwardTimer:
             h.remove()
 
 
-def prefix_of(lmql_lite, source: str, inputs: dict):
-    """Run once (trace on); → (result, prompt text before the first hole's value)."""
-    events = []
-    result = lmql_lite.run(source, trace=True, on_text=lambda row, text, kind: events.append((kind, text)), **inputs,
-                           **RUN_OPTIONS)
-    prefix = []
-    for kind, text in events:
-        if kind in ("value", "end"):
-            break
-        prefix.append(text)
-    return result, "".join(prefix)
-
-
 RUN_OPTIONS: dict = {}  # options every lmql_lite.run of the suite gets (--no-speculate)
 
 
 def measure_query(model, name: str, what: str, source: str, inputs: dict, reps: int, pairs: bool = False) -> dict:
     import lmql_lite
     row = {"name": name, "what": what}
-    probe, prefix = prefix_of(lmql_lite, source, inputs)  # also compiles the query and warms its masks
+    probe, prefix = common.prefix_of(source, trace=True, **inputs, **RUN_OPTIONS)  # also compiles and warms its masks
     tr = probe.trace
     n = tr.generated_tokens + tr.forced_tokens
     prompt_ids = list(model.bos_ids) + model.encode(prefix, special=True)
@@ -119,21 +102,11 @@ def measure_query(model, name: str, what: str, source: str, inputs: dict, reps: 
     run_lmql()
     for fn in raws.values():
         fn()
-    lm_times, mask_times, raw_times = [], [], {k: [] for k in raws}
-    off_times: list[float] = []
     sides = [("lmql", run_lmql)] + ([("off", run_off)] if pairs else []) + list(raws.items())
-    for rep in range(reps):
-        # Each repetition runs every side back to back, in alternating order: a slow stretch of
-        # the machine (other processes, frequency changes) then hits both sides of the pair.
-        for side, fn in (sides if rep % 2 == 0 else sides[::-1]):
-            dt, res = common.timed(fn)
-            if side == "lmql":
-                lm_times.append(dt)
-                mask_times.append(res.trace.mask_seconds)
-            elif side == "off":
-                off_times.append(dt)
-            else:
-                raw_times[side].append(dt)
+    times, results = common.alternating(sides, reps)
+    lm_times, off_times = times["lmql"], times.get("off", [])
+    mask_times = [res.trace.mask_seconds for res in results["lmql"]]
+    raw_times = {k: times[k] for k in raws}
     # One instrumented run of each side: time inside the model's forward vs everything else.
     timer = ForwardTimer(model.module)
     try:
@@ -169,7 +142,7 @@ def measure_query(model, name: str, what: str, source: str, inputs: dict, reps: 
         # Milliseconds outside the model's forward per forward pass: the interpreter's own cost per step.
         lmql_outside_ms_per_pass=(wall - lm_fwd) * 1e3 / max(lm_calls, 1),
         raw_outside_ms_per_pass=(raw_wall - raw_fwd) * 1e3 / max(n if candidates is None else 2, 1),
-        drafts_vs_off=median([a / b for a, b in zip(lm_times, off_times)]) if off_times else None,
+        drafts_vs_off=common.paired_ratio(lm_times, off_times) if off_times else None,
         off_ms=median(off_times) * 1e3 if off_times else None,
         drafted=tr.drafted_tokens, accepted=tr.accepted_tokens,
         lmql_ms_all=[t * 1e3 for t in lm_times], raw_ms_all={k: [t * 1e3 for t in v] for k, v in raw_times.items()},
@@ -413,7 +386,7 @@ def main() -> int:
     os.environ["LMQL_LITE_ENGINE"] = "transformers"  # lmql_lite's runs, and the fresh processes below
     reps = 1 if args.quick else args.reps
     threads = common.set_threads(args.threads)
-    suite = [q for q in common.SUITE if not args.only or q[0] in args.only.split(",")]
+    suite = common.only(common.SUITE, args.only)
     t0 = time.perf_counter()
     model = common.default_model()
     load_s = time.perf_counter() - t0
@@ -429,7 +402,7 @@ def main() -> int:
             row = {"name": name, "what": what, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
         doc["queries"].append(row)
         if name == "free60" and "error" not in row:
-            free60 = (prefix_of(__import__("lmql_lite"), source, inputs)[1], row["tokens"])
+            free60 = (common.prefix_of(source, trace=True, **inputs, **RUN_OPTIONS)[1], row["tokens"])
     ratios = [q["ratio"] for q in doc["queries"] if q.get("ratio")]
     doc["median_ratio"] = median(ratios)
     doc["max_ratio"] = max(ratios) if ratios else float("nan")

@@ -2,8 +2,10 @@
 
 Run:  flock /tmp/lmql-bench.lock python bench/speculation.py            table
       flock /tmp/lmql-bench.lock python bench/speculation.py --json     one JSON document
-Options: --reps N (default 5), --threads N, --only name,name, --longest N, --draft N (the lookup's
-longest n-gram and the most draft tokens per pass, to tune them).
+Options: --reps N (default 5), --threads N, --only name,name, --longest N, --shortest N, --draft N
+(the lookup's longest and shortest text match in bytes, the most draft tokens per pass, to tune
+them); --guesses: no timing, drafts forced on, the share of guesses kept by match length (what
+`speculate.Learned.PRIOR` is set from).
 
 Each query copies from a document it is given (a name, a sentence, a JSON record, a span): the
 text a prompt-lookup draft finds in the prompt. Per query, in one process, each repetition runs
@@ -18,12 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets sys.path, HF_HUB_OFFLINE)
-from common import median  # noqa: E402
+from common import log, median  # noqa: E402
 
 DOCUMENT = ("Northwind Labs announced on Monday that Dr. Helena Vasquez-Moreau will lead its new research centre "
             "in Porto. The centre, which opens in September 2025, will employ 140 engineers and focus on battery "
@@ -40,8 +41,8 @@ SUITE: list[tuple[str, str, str]] = [
 '''),
     ("quote", "quote a sentence", r'''argmax
     "Article: {doc}\n"
-    "Copy the sentence of the article that gives the budget, word for word.\n"
-    "Sentence:[QUOTE]" where STOPS_AT(QUOTE, ".") and len(TOKENS(QUOTE)) < 48
+    "Q: Which sentence of the article gives the budget? Quote it word for word.\n"
+    "A: \"[QUOTE]" where STOPS_BEFORE(QUOTE, '"') and len(TOKENS(QUOTE)) < 48
     return QUOTE.strip()
 '''),
     ("record", "fill a JSON record from a document", r'''argmax
@@ -64,20 +65,10 @@ SUITE: list[tuple[str, str, str]] = [
 ]
 
 
-def log(*args) -> None:
-    print(*args, file=sys.stderr, flush=True)
-
-
-def prefix_ids(model, lmql_lite, source: str) -> list[int]:
+def prefix_ids(model, source: str) -> list[int]:
     """The prompt's tokens before the first hole's value (BOS included), as the raw side is given them."""
-    events = []
-    lmql_lite.run(source, doc=DOCUMENT, on_text=lambda row, text, kind: events.append((kind, text)))
-    prefix = []
-    for kind, text in events:
-        if kind in ("value", "end"):
-            break
-        prefix.append(text)
-    return list(model.bos_ids) + model.encode("".join(prefix), special=True)
+    _, prefix = common.prefix_of(source, doc=DOCUMENT)
+    return list(model.bos_ids) + model.encode(prefix, special=True)
 
 
 def measure(model, name: str, what: str, source: str, reps: int) -> dict:
@@ -88,15 +79,11 @@ def measure(model, name: str, what: str, source: str, reps: int) -> dict:
 
     on, off = run(None), run(False)  # warm-up, and the values to compare
     tokens = off.trace.generated_tokens + off.trace.forced_tokens
-    ids = prefix_ids(model, lmql_lite, source)
+    ids = prefix_ids(model, source)
     raw = lambda: common.raw_manual(model, ids, tokens)  # noqa: E731
     raw()
-    times: dict[str, list[float]] = {"on": [], "off": [], "raw": []}
-    sides = {"on": lambda: run(None), "off": lambda: run(False), "raw": raw}
-    for rep in range(reps):
-        for side in (("on", "off", "raw") if rep % 2 == 0 else ("raw", "off", "on")):
-            times[side].append(common.timed(sides[side])[0])
-    ratio = lambda a, b: median([x / y for x, y in zip(times[a], times[b])])  # noqa: E731
+    times, _ = common.alternating([("on", lambda: run(None)), ("off", lambda: run(False)), ("raw", raw)], reps)
+    ratio = lambda a, b: common.paired_ratio(times[a], times[b])  # noqa: E731
     t = on.trace
     return {
         "name": name, "what": what, "tokens": tokens, "passes": t.forward_passes, "passes_off": off.trace.forward_passes,
@@ -109,37 +96,65 @@ def measure(model, name: str, what: str, source: str, reps: int) -> dict:
     }
 
 
+def guesses(speculate, as_json: bool) -> int:
+    """Every query of both suites with drafts forced on (flat pass costs, so every guess is sent), the
+    guesses counted by strength (speculate.Learned.strength): the measurement behind Learned.PRIOR."""
+    import lmql_lite
+    learned = speculate.Learned(lambda width: 1.0)
+    learned.CAP = float("inf")
+    speculate.learned_for = lambda model: learned
+    runs = [(name, source, {"doc": DOCUMENT}) for name, _, source in SUITE]
+    runs += [(name, source, inputs) for name, _, source, inputs in common.SUITE]
+    for name, source, inputs in runs:
+        log(f"[speculation.py --guesses] {name} ...")
+        lmql_lite.run(source, **inputs)
+    rows = []
+    for strength in sorted(learned._counts):
+        hits, trials = (c - p for c, p in zip(learned._counts[strength], learned._prior(strength)))
+        rows.append({"strength": strength, "match_bytes": f"{2 ** (strength - 1)}-{2 ** strength - 1}",
+                     "guesses": round(trials), "kept": round(hits), "share": hits / trials if trials else None})
+    if as_json:
+        print(json.dumps({"machine": common.machine_note(), "guesses": rows}, indent=2))
+        return 0
+    print(common.table(("match bytes", "guesses", "kept", "share"),
+                       [(r["match_bytes"], r["guesses"], r["kept"], r["share"]) for r in rows],
+                       ("{}", "{}", "{}", "{:.2f}")))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--only", help="comma-separated query names")
-    ap.add_argument("--longest", type=int, help="the prompt lookup's longest n-gram")
-    ap.add_argument("--shortest", type=int, help="the prompt lookup's shortest n-gram")
+    ap.add_argument("--longest", type=int, help="the prompt lookup's longest text match, in bytes")
+    ap.add_argument("--shortest", type=int, help="the prompt lookup's shortest text match, in bytes")
     ap.add_argument("--draft", type=int, help="draft tokens per pass at most")
+    ap.add_argument("--guesses", action="store_true",
+                    help="no timing: drafts forced on (every pass drafts what it can), over this suite and "
+                         "bench/run.py's; how many guesses were kept, by the length of the match they came from")
     args = ap.parse_args()
     threads = common.set_threads(args.threads)
     from lmql_lite import speculate
-    if args.longest or args.shortest or args.draft:  # tuning: the defaults the module uses, changed for this run
-        lookup = speculate.PromptLookup(**{k: v for k, v in (("longest", args.longest),
-                                                              ("shortest", args.shortest)) if v})
+    speculate.PromptLookup.LONGEST = args.longest or speculate.PromptLookup.LONGEST
+    speculate.PromptLookup.SHORTEST = args.shortest or speculate.PromptLookup.SHORTEST
+    if args.draft:  # tuning: the module's default, changed for this run
         made = speculate.for_options
 
         def for_options(options, model, spell):
             d = made(options, model, spell)
             if d is not None:
-                d.proposer = lookup
-                d.longest = args.draft or d.longest
+                d.longest = args.draft
             return d
         speculate.for_options = for_options
+    if args.guesses:
+        return guesses(speculate, args.json)
     model = common.default_model()
     model.vocabulary  # noqa: B018 (built once, outside the timed runs)
     doc = {"machine": common.machine_note(), "reps": args.reps, "threads": threads, "queries": [],
            "settings": {"longest": args.longest, "shortest": args.shortest, "draft": args.draft}}
-    for name, what, source in SUITE:
-        if args.only and name not in args.only.split(","):
-            continue
+    for name, what, source in common.only(SUITE, args.only):
         log(f"[speculation.py] {name} ...")
         doc["queries"].append(measure(model, name, what, source, args.reps))
     qs = doc["queries"]

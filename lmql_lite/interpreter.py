@@ -119,6 +119,10 @@ class Runner:
         except (Expired, KeyboardInterrupt) as stop:  # a timeout or Ctrl-C: keep what each row had decoded
             stop.decoded = [b.decoded() for b in self.branches]
             raise
+        finally:
+            # The branches and the runner refer to each other, so the batch would wait for the cycle
+            # collector: let it go now, and its engine state (a llama.cpp context) serve the next run.
+            self._batch = None
         return self.decoder.rank([b.result() for b in self.branches])
 
     def _settle(self) -> list[Branch]:
@@ -160,7 +164,12 @@ class Runner:
             logits = self.batch.step(feeds[:1], only=only[:1])
             self.batch.select([0] * rows)
             return np.broadcast_to(logits, (rows, logits.shape[1]))
-        return self.batch.step(feeds, only=only)
+        if self.drafter is None or any(o is not None for o in only):
+            return self.batch.step(feeds, only=only)
+        t0 = time.perf_counter()  # a pass with every logit: what a draft's pass is weighed against
+        logits = self.batch.step(feeds, only=only)
+        self.drafter.learned.costs.record(max(map(len, feeds)), time.perf_counter() - t0)
+        return logits
 
     # ---- speculative drafts -------------------------------------------------------------
 
@@ -169,7 +178,8 @@ class Runner:
         d = self.drafter
         if d is None or any(len(b.prompt.tokens) - b.prompt.fed > d.queued_limit for b in active):
             return {}
-        drafts = {b: d.draft(b.filling, b.prompt.tokens, b.filling.room() - 1) for b in active}
+        drafts = {b: d.draft(b.filling, b.prompt.tokens, b.filling.room() - 1, len(b.prompt.tokens) - b.prompt.fed)
+                  for b in active}
         return {b: draft for b, draft in drafts.items() if draft}
 
     def _verify(self, active: list[Branch], drafts: dict[Branch, list[int]]) -> None:
@@ -180,13 +190,16 @@ class Runner:
         or when its hole ends; the row then forgets every position the branch did not keep.
         """
         feeds: list[list[int]] = [[] for _ in self.branches]
+        fillings = {b: b.filling for b in active}  # the holes drafted for (a hole may end in the pass)
         for b in active:
             draft = drafts.get(b, [])
             feeds[b.row] = b.prompt.queued() + draft
             b.trace.forward_passes += 1
             b.trace.tokens_fed += len(feeds[b.row])
             b.trace.drafted_tokens += len(draft)
+        t0 = time.perf_counter()
         out = self.batch.step_all(feeds)                              # per row (len(feed), vocab)
+        self.drafter.learned.costs.record(max(map(len, feeds)), time.perf_counter() - t0)
         # per branch: (the index in its row of the token whose logits are out[row][0], where its draft begins)
         held = {}
         for b in active:
@@ -220,7 +233,7 @@ class Runner:
             for b in going:
                 b.settle()
         for b in active:
-            self._keep(b, held[b][1])
+            self._keep(b, held[b][1], fillings[b] if b in drafts else None)
 
     def _position(self, b: Branch, first: int, n: int) -> int | None:
         """Where in its row's logits the logits after `b`'s last token are; None when they are not there."""
@@ -230,8 +243,9 @@ class Runner:
             return None
         return at
 
-    def _keep(self, b: Branch, drafted_from: int) -> None:
-        """Truncate `b`'s row to the tokens it kept; count the draft tokens kept."""
+    def _keep(self, b: Branch, drafted_from: int, drafted_for=None) -> None:
+        """Truncate `b`'s row to the tokens it kept; count the draft tokens kept (and tell the drafter,
+        for `drafted_for`: the filling whose draft it was)."""
         tokens, fed = b.prompt.tokens, self.batch.tokens(b.row)
         common = 0
         for mine, theirs in zip(tokens, fed):
@@ -242,8 +256,9 @@ class Runner:
         b.prompt.fed = common
         accepted = min(max(common - drafted_from, 0), len(fed) - drafted_from)
         b.trace.accepted_tokens += accepted
-        if accepted == 0 and len(fed) > drafted_from and b.filling is not None:
-            self.drafter.rejected(b.filling)
+        if drafted_for is not None:
+            self.drafter.kept(drafted_for, accepted)
+
     def _look(self, active: list[Branch], logits: np.ndarray) -> None:
         """Each active branch's unmasked distribution and its `detail` likeliest ids, before the mask and ends touch the logits."""
         k = min(self.detail, logits.shape[1])

@@ -11,6 +11,7 @@ import importlib.resources
 import io
 import keyword
 import re
+import threading
 import tokenize
 import warnings
 from pathlib import Path
@@ -190,12 +191,21 @@ _LARK_OPTIONS = dict(parser="lalr", start=["plain_query", "decoded_query"], prop
 _LARK_OBJECTS = ("postlex", "lexer_callbacks", "tree_class", "transformer", "_plugins", "cache")  # passed when loading
 
 
+_PARSING = threading.RLock()  # held while the one Lark parser is built or parses
+
+
 def _parser() -> lark.Lark:
     """Lark's LALR parser for grammar/lmql.lark, its tables kept between processes as data.
 
     Not Lark's own `cache=`, which unpickles the file (before checking its hash): a planted cache
     file would run code. Building the tables takes 1.5-2.5 s; loading them about 0.3 s.
     """
+    with _PARSING:
+        return _LARK or _built()
+
+
+def _built() -> lark.Lark:
+    """The parser loaded from its saved tables, or built (and its tables saved); `_PARSING` held."""
     global _LARK
     if _LARK is None:
         folder = cache.subfolder("")
@@ -487,16 +497,17 @@ class _Builder:
         return query
 
     def parse(self, text: str, start: str) -> lark.Tree:
-        parser = _parser()
-        parser.options.postlex.base = _base_indent(text)
-        parser.options.postlex.end = len(text)
-        try:
-            tree = parser.parse(text, start=start)
-        except LmqlError:
-            raise
-        except (LarkError, AssertionError, IndexError, KeyError) as e:
-            raise _from_lark(e, text) from None
-        self.joined.update(parser.options.postlex.joined)
+        with _PARSING:  # the postlexer's state (indentation, joined lines) is one parse's at a time
+            parser = _parser()
+            parser.options.postlex.base = _base_indent(text)
+            parser.options.postlex.end = len(text)
+            try:
+                tree = parser.parse(text, start=start)
+            except LmqlError:
+                raise
+            except (LarkError, AssertionError, IndexError, KeyError) as e:
+                raise _from_lark(e, text) from None
+            self.joined.update(parser.options.postlex.joined)
         return tree
 
     def distribution(self, tree: lark.Tree, known: nodes.Distribution | None) -> nodes.Distribution:

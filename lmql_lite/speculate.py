@@ -1,70 +1,193 @@
 """Speculative drafts: tokens guessed ahead of the model, sent in one forward pass and kept as far as the decoder agrees.
 
 A `Proposer` guesses the tokens that follow a row's tokens; `PromptLookup` (the one built in)
-finds the row's last few tokens earlier in the row (the prompt, the inputs, what was generated)
-and proposes what followed them there — what extraction, copying and quoting queries write. A
-small draft model would be another `Proposer`, with the same `propose` and nothing else to change.
+finds the end of the row's text earlier in the row (the prompt, the inputs, what was generated)
+and proposes the tokens that spell what followed there — what extraction, copying and quoting
+queries write. It matches text, not token ids: a value often starts a word the document spells
+with a space before it (`"Dr` against ` Dr`), and the two are different tokens. A small draft
+model would be another `Proposer`, with the same `propose` and nothing else to change.
 
 `Drafter.draft` walks the hole's guide (a copy: the real one is never advanced) over the
 proposal: text the guide forces goes in for free, a token the constraint forbids ends the draft,
-and so does the end of the hole or of its budget. The interpreter feeds the draft after the row's
-queued tokens (`Batch.step_all`), lets the decoder choose at each position as if decoding one token
-at a time, keeps the longest agreeing prefix and truncates the rest (docs/architecture.md).
+and so does the end of the hole or of its budget. It then keeps only as much of the draft as
+pays: a wider pass costs more (on a CPU, llama.cpp spends about half a pass on each extra token,
+transformers about 0.8 of a pass on any extra width up to 9), and a guess is right only so often.
+Both are measured as the model runs (`Learned`: the pass times by width, the share of guesses
+kept by how long a match they came from), and the draft is cut where the expected tokens per
+second of the pass are highest; no draft at all when one token per pass is faster.
+
+The interpreter feeds the draft after the row's queued tokens (`Batch.step_all`), lets the
+decoder choose at each position as if decoding one token at a time, keeps the longest agreeing
+prefix and truncates the rest (docs/architecture.md). What the model writes never depends on
+any of this: only how many passes it takes.
 """
 from __future__ import annotations
 
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from statistics import median
 from typing import Callable, Protocol, Sequence
 
 from .constraints.base import Guide
 from .errors import LmqlError
 
-__all__ = ["Proposer", "PromptLookup", "Drafter", "Spellings", "for_options", "forced_tokens"]
+__all__ = ["Proposal", "Proposer", "PromptLookup", "Drafter", "Learned", "PassCosts", "Spellings", "for_options",
+           "forced_tokens"]
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """Tokens a proposer guesses, and `evidence`: how much supports them (a lookup: the bytes its match is long)."""
+
+    tokens: list[int]
+    evidence: int
 
 
 class Proposer(Protocol):
     """Guesses the tokens that follow a sequence (prompt lookup now; a small draft model later)."""
 
-    def propose(self, tokens: Sequence[int], limit: int) -> list[int]:
-        """Up to `limit` token ids likely to follow `tokens` (the row's whole sequence), or []."""
+    def propose(self, tokens: Sequence[int], limit: int,
+                wanted: Callable[[int], bool] | None = None) -> Proposal | None:
+        """Up to `limit` token ids likely to follow `tokens` (the row's whole sequence), or None.
+        `wanted(evidence)`: whether a proposal of that evidence would be used; when not, the
+        proposer may stop before spelling it and give None."""
 
 
 class PromptLookup:
-    """The last `n` tokens (longest n first) found earlier in the sequence; the tokens that followed the latest match.
+    """The longest end of the row's text (`shortest` to `longest` bytes) found earlier in it; the
+    tokens that spell what followed its latest place there.
 
-    Sizes measured on bench/speculation.py (docs/performance.md): single-token matches propose too
-    often wrongly, three tokens find most of the copies two do.
+    A match is searched on the row's bytes (the vocabulary's pieces joined), so it does not care
+    how either place was cut into tokens; what followed is spelt by the tokenizer, about `reach`
+    bytes per token asked for, the last token dropped when the text was cut short (it may be half
+    a word).
     """
 
-    def __init__(self, longest: int = 3, shortest: int = 2):
-        self.longest, self.shortest = longest, shortest
+    SHORTEST, LONGEST, REACH = 3, 64, 6
 
-    def propose(self, tokens: Sequence[int], limit: int) -> list[int]:
-        if limit <= 0 or len(tokens) <= self.shortest:
-            return []
-        tokens = list(tokens)
-        # The earlier places of the last token (each followed by a token at least): where a match
-        # can end. list.index scans in C; a short walk back from each, latest first, measures it.
-        last, ends, at = tokens[-1], [], 0
-        try:
-            while True:
-                at = tokens.index(last, at, len(tokens) - 1)
-                ends.append(at)
-                at += 1
-        except ValueError:
-            pass
-        latest: dict[int, int] = {}  # match length → the latest end with a match that long
-        for end in reversed(ends):
-            n = 1
-            while n < self.longest and n <= end and tokens[end - n] == tokens[-1 - n]:
-                n += 1
-            if n == self.longest:
-                return tokens[end + 1:end + 1 + limit]
-            latest.setdefault(n, end)
-        for n in range(self.longest - 1, self.shortest - 1, -1):
-            found = [end for length, end in latest.items() if length >= n]
-            if found:
-                return tokens[max(found) + 1:max(found) + 1 + limit]
-        return []
+    def __init__(self, pieces: Sequence[bytes], encode: Callable[[str], list[int]],
+                 shortest: int | None = None, longest: int | None = None, reach: int | None = None):
+        self.pieces, self.encode = pieces, encode
+        self.shortest = shortest or self.SHORTEST
+        self.longest, self.reach = longest or self.LONGEST, reach or self.REACH
+
+    def propose(self, tokens: Sequence[int], limit: int,
+                wanted: Callable[[int], bool] | None = None) -> Proposal | None:
+        if limit <= 0:
+            return None
+        text = b"".join(map(self.pieces.__getitem__, tokens))
+        n = len(text)
+        if n <= self.shortest or text.rfind(text[-self.shortest:], 0, n - 1) < 0:
+            return None
+        # The longest end found earlier: an end found earlier has its own ends found earlier, so bisect.
+        found, beyond = self.shortest, min(self.longest, n - 1) + 1
+        while beyond - found > 1:
+            mid = (found + beyond) // 2
+            if text.rfind(text[-mid:], 0, n - 1) >= 0:
+                found = mid
+            else:
+                beyond = mid
+        if wanted is not None and not wanted(found):
+            return None  # not worth spelling: the tokenizer is the dearest part
+        start = text.rfind(text[-found:], 0, n - 1) + found
+        follows = text[start:start + limit * self.reach]
+        ids = self.encode(follows.decode("utf-8", errors="ignore"))
+        if start + len(follows) < n and len(ids) > 1:
+            ids = ids[:-1]  # the text was cut: its last token may be half of a longer one
+        return Proposal(ids[:limit], found) if ids else None
+
+
+class PassCosts:
+    """Seconds per forward pass by the tokens a row is fed in it (the widest row), measured as the
+    model runs: the median of the latest few at each width. `relative(w)`: a pass of width w
+    against one of width 1. A model may declare its own (`pass_cost(width)`); the fake one does."""
+
+    KEPT = 9     # passes remembered per width
+    WIDEST = 64  # wider passes (prompts) are not recorded: drafts never feed so much
+
+    def __init__(self, declared: Callable[[int], float] | None = None):
+        self.declared = declared
+        self._seconds: dict[int, deque[float]] = {}
+        self._medians: dict[int, float] = {}  # width → median of its deque, kept up to date
+
+    def record(self, width: int, seconds: float) -> None:
+        if 1 <= width <= self.WIDEST:
+            kept = self._seconds.setdefault(width, deque(maxlen=self.KEPT))
+            kept.append(seconds)
+            self._medians[width] = median(kept)
+
+    def relative(self, width: int) -> float:
+        if self.declared is not None:
+            return self.declared(width)
+        if 1 not in self._medians or width <= 1:
+            return 1.0 + 0.1 * (width - 1)  # nothing to compare with yet: nearly free, so a draft gets tried
+        base, medians = self._medians[1], self._medians
+        below = max([w for w in medians if 1 < w <= width], default=1)
+        above = min([w for w in medians if w >= width > 1], default=None)
+        at = lambda w: medians[w] / base if w > 1 else 1.0  # noqa: E731
+        if above is None:  # wider than any measured: as the widest measured (tried, then known)
+            return at(below) if below > 1 else 1.0 + 0.1 * (width - 1)
+        if above == below:
+            return at(below)
+        return at(below) + (at(above) - at(below)) * (width - below) / (above - below)
+
+
+class Learned:
+    """What a model's drafts have shown, kept for as long as the model is loaded: its pass costs,
+    and per strength of evidence (a match of 2–3, 4–7, 8–15, 16–31, 32+ bytes) how often a drafted
+    token the model had not yet refused was kept (hits / trials).
+
+    The prior is worth two guesses, at the shares `bench/speculation.py --guesses` measured (drafts
+    forced on over its queries and bench/run.py's, on the default model): matches under 8 bytes
+    kept 42 of 89 guesses, of 8–15 bytes 7 of 11, of 32 or more 12 of 13 (docs/performance.md)."""
+
+    PRIOR = {1: 0.45, 2: 0.45, 3: 0.45, 4: 0.65, 5: 0.8, 6: 0.9}
+    WEIGHT, CAP = 2.0, 64.0
+
+    def __init__(self, declared_cost: Callable[[int], float] | None = None):
+        self.costs = PassCosts(declared_cost)
+        self._counts: dict[int, list[float]] = {}
+
+    @staticmethod
+    def strength(evidence: int) -> int:
+        return min(max(evidence, 1).bit_length(), 6)
+
+    def _prior(self, strength: int) -> list[float]:
+        return [self.PRIOR[strength] * self.WEIGHT, self.WEIGHT]
+
+    def chance(self, strength: int) -> float:
+        hits, trials = self._counts.get(strength) or self._prior(strength)
+        return hits / trials
+
+    def likeliest(self) -> int:
+        """The strength whose guesses are kept most often."""
+        return max(self.PRIOR, key=self.chance)
+
+    def saw(self, strength: int, kept: bool) -> None:
+        counts = self._counts.setdefault(strength, self._prior(strength))
+        counts[0] += kept
+        counts[1] += 1
+        if counts[1] > self.CAP:  # the latest drafts weigh most
+            counts[0] /= 2
+            counts[1] /= 2
+
+
+_LEARNED: "weakref.WeakKeyDictionary[object, Learned]" = weakref.WeakKeyDictionary()
+
+
+def learned_for(model) -> Learned:
+    """The model's `Learned`, made on its first run with drafts (a handle's: its loaded model's)."""
+    from .llm import LLM
+    if isinstance(model, LLM):
+        model = model.load()
+    try:
+        found = _LEARNED.get(model)
+        if found is None:
+            found = _LEARNED[model] = Learned(getattr(model, "pass_cost", None))
+        return found
+    except TypeError:  # a model that cannot be weakly referenced: learns per run
+        return Learned(getattr(model, "pass_cost", None))
 
 
 def forced_tokens(guide: Guide, encode: Callable[[str], list[int]]) -> tuple[list[int], bool]:
@@ -109,30 +232,30 @@ class Spellings:
 
 
 class Drafter:
-    """Per run: builds each hole's draft from a proposer, under the hole's constraint and budgets."""
+    """Per run: builds each hole's draft from a proposer, under the hole's constraint and budgets,
+    as long as it pays (`worth`)."""
 
     def __init__(self, proposer: Proposer, encode: Callable[[str], list[int]], eos_ids: frozenset[int],
-                 longest: int = 8, queued_limit: int = 8, pause: int = 4):
+                 learned: Learned | None = None, longest: int = 8, queued_limit: int = 8):
         self.proposer, self.encode, self.eos_ids = proposer, encode, eos_ids
+        self.learned = learned or Learned()
         self.longest = longest            # draft tokens per pass at most
         self.queued_limit = queued_limit  # a pass that feeds more (a prompt) takes no draft: every position costs logits
-        self.pause = pause                # passes a hole goes without drafts after one was wholly rejected
-        self._paused: dict[int, int] = {}   # id(filling) → passes left without drafts
+        self._strengths: dict[int, list[int | None]] = {}  # id(filling) → per draft token, its strength (None: sure)
+        self._hole: dict[int, list[int]] = {}  # id(filling) → [guesses kept, guesses judged] in this hole
 
-    def rejected(self, filling) -> None:
-        """A draft of `filling`'s hole was wholly rejected: its next drafts wait a few passes (a miss costs a wider pass)."""
-        self._paused[id(filling)] = self.pause
-
-    def draft(self, filling, tokens: list[int], room: int) -> list[int]:
-        """The draft for `filling`'s hole after `tokens` (the row's sequence), `room` tokens at most."""
+    def draft(self, filling, tokens: list[int], room: int, queued: int = 1) -> list[int]:
+        """The draft for `filling`'s hole after `tokens` (the row's sequence, `queued` of them not yet
+        fed), `room` tokens at most, cut where it stops paying."""
         room = min(room, self.longest)
-        left = self._paused.get(id(filling), 0)
-        if left:
-            self._paused[id(filling)] = left - 1
-            return []
+        hole = self._hole.get(id(filling))
+        if not filling.guide.forced() and self.worth([self.learned.likeliest()] * room, queued, hole) == 0:
+            return []  # not even a run of the likeliest guesses would pay: no lookup
         guide = filling.guide.copy()
         out: list[int] = []
+        strengths: list[int | None] = []  # None: a token the hole must take (forced text, a lone allowed token)
         proposal: list[int] = []
+        strength = 0
         lookups = 0
         try:
             while len(out) < room and not guide.is_finished():
@@ -142,19 +265,26 @@ class Drafter:
                     for tok in ids:
                         guide.advance(tok)
                     out += ids
+                    strengths += [None] * len(ids)
                     proposal = proposal[len(ids):] if proposal[:len(ids)] == ids else []
                     continue
                 mask = guide.allowed()
-                if mask.count == 1:  # the one token the hole can take (settle takes it too)
+                sure = mask.count == 1
+                if sure:  # the one token the hole can take (settle takes it too)
                     tok = int(mask.ids[0])
                 else:
                     if not proposal:
                         if lookups == 2:
                             break
                         lookups += 1
-                        proposal = self.proposer.propose(tokens + out, room - len(out))
-                        if not proposal:
+                        left = room - len(out)
+                        found = self.proposer.propose(
+                            tokens + out, left,
+                            lambda e, s=strengths, left=left: self.worth(s + [self.learned.strength(e)] * left,
+                                                                          queued, hole) > 0)
+                        if found is None or not found.tokens:
                             break
+                        proposal, strength = found.tokens, self.learned.strength(found.evidence)
                     tok = proposal[0]
                     if not mask[tok]:
                         break  # the constraint forbids it: never sent
@@ -162,10 +292,51 @@ class Drafter:
                     break  # the hole's end is the decoder's to choose, and never goes into the row
                 proposal = proposal[1:] if proposal and proposal[0] == tok else []
                 out.append(tok)
+                strengths.append(None if sure else strength)
                 guide.advance(tok)
         except LmqlError:  # no token could continue the copy: what came before stands
             pass
-        return out
+        keep = self.worth(strengths, queued, hole)
+        if keep:
+            self._strengths[id(filling)] = strengths[:keep]
+        return out[:keep]
+
+    MARGIN = 1.1  # a draft must promise this much more than a plain pass: near 1 the estimates decide by noise
+    HOLE_WEIGHT = 2.0  # the model-wide chance counts as this many of the hole's own guesses
+
+    def worth(self, strengths: Sequence[int | None], queued: int = 1, hole: Sequence[int] | None = None) -> int:
+        """How many of a draft's tokens to send: the count with the most expected tokens per unit of
+        pass time, if that beats a plain pass by `MARGIN` (else 0). A token counts when every one
+        before it was kept; a guess with the model's chance for its strength, moved towards the
+        share the hole's own guesses kept (`hole`: [kept, judged]): a few-shot prompt's earlier
+        answer matches well and is the one text the model must not copy."""
+        costs = self.learned.costs
+        hits, trials = hole or (0, 0)
+        w = self.HOLE_WEIGHT
+
+        def chance(strength: int) -> float:
+            return (self.learned.chance(strength) * w + hits) / (w + trials)
+
+        best, best_rate = 0, self.MARGIN / costs.relative(max(queued, 1))
+        expected, chain = 1.0, 1.0
+        for k, strength in enumerate(strengths, 1):
+            chain *= 1.0 if strength is None else chance(strength)
+            expected += chain
+            rate = expected / costs.relative(queued + k)
+            if rate > best_rate:
+                best, best_rate = k, rate
+        return best
+
+    def kept(self, filling, accepted: int) -> None:
+        """`accepted` tokens of `filling`'s last draft were kept: what its guesses are worth is updated."""
+        hole = self._hole.setdefault(id(filling), [0, 0])
+        for i, strength in enumerate(self._strengths.pop(id(filling), ())):
+            if strength is not None:
+                self.learned.saw(strength, i < accepted)
+                hole[0] += i < accepted
+                hole[1] += 1
+            if i >= accepted:
+                break
 
 
 def for_options(options, model, spell: Spellings) -> Drafter | None:
@@ -173,4 +344,5 @@ def for_options(options, model, spell: Spellings) -> Drafter | None:
     wanted = options.speculate
     if wanted is False or options.name == "beam" or (wanted is None and options.name != "argmax"):
         return None
-    return Drafter(PromptLookup(), spell, model.vocabulary.eos_ids)
+    return Drafter(PromptLookup(model.vocabulary.tokens, model.encode), spell, model.vocabulary.eos_ids,
+                   learned_for(model))

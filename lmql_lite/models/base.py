@@ -83,3 +83,7 @@ class LanguageModel(Protocol):
 
     def batch(self, rows: int = 1) -> Batch:
         """A new, empty batch of `rows` sequences."""
+
+    # Optional: `pass_cost(width) -> float`, a pass feeding `width` tokens to a row against one
+    # feeding 1. Speculative drafts are weighed on it where a model declares it (the fake and
+    # random models: 1.0 at any width), else on the pass times measured as the model runs.

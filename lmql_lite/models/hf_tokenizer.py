@@ -1,4 +1,4 @@
-"""Hugging Face tokenizers as the interpreter needs them: the vocabulary as bytes, and chat markers from a chat template.
+"""Hugging Face tokenizers as the interpreter needs them: the vocabulary as bytes, chat markers from a chat template, and a model's tokenizer side.
 
 Torch-free, so every engine that loads a Hugging Face tokenizer (transformers, llama.cpp with
 a tokenizer folder, a serving engine's client) shares it.
@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import itertools
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..errors import ModelError
 from ..index import Vocabulary
@@ -108,6 +108,43 @@ class ChatRoles:
     def chat_preamble(self, first_role: str) -> str:
         """Text the chat template puts before the first message when it is of `first_role` (a default system message)."""
         return self._chat_markers[1].get(first_role, "")
+
+
+class TokenizerSide(ChatRoles):
+    """The tokenizer side of a model (see `models.base.LanguageModel`) over a Hugging Face tokenizer:
+    `bos_ids`, `encode`, `decode` and the chat markers; the model gives `vocabulary`."""
+
+    tokenizer: Any
+    vocabulary: Vocabulary
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        # What the tokenizer puts before a text by default (it may also append an EOS: ignored).
+        with_special = tokenizer("a").input_ids
+        without = tokenizer("a", add_special_tokens=False).input_ids
+        starts = [i for i in range(len(with_special) - len(without) + 1) if with_special[i:i + len(without)] == without]
+        self.bos_ids = list(with_special[: starts[0]]) if starts and without else []
+
+    def encode(self, text: str, special: bool = False) -> list[int]:
+        """Token ids of `text`, no special tokens added; with `special`, special tokens written in the text (chat markers) become their ids."""
+        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=not special)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of `ids`: the vocabulary's bytes, special tokens written out (a served model's text prompt sends them so)."""
+        return b"".join(self._decoded_bytes[i] for i in ids).decode("utf-8", errors="replace")
+
+    @functools.cached_property
+    def _decoded_bytes(self) -> tuple[bytes, ...]:
+        pieces = list(self.vocabulary.tokens)
+        for i in self.vocabulary.special_ids:
+            # A vocabulary as wide as the logits may have ids past the tokenizer: those decode to nothing.
+            content = self.tokenizer.convert_ids_to_tokens(i) if i < len(self.tokenizer) else None
+            pieces[i] = (content or "").encode("utf-8")
+        return tuple(pieces)
+
+    @functools.cached_property
+    def _chat_markers(self) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+        return chat_markers(self.tokenizer, bos="".join(self.tokenizer.convert_ids_to_tokens(self.bos_ids)))
 
 
 def chat_markers(tokenizer, bos: str = "") -> tuple[dict[str, tuple[str, str]], dict[str, str]]:

@@ -59,6 +59,12 @@ class RandomModel:
     def chat_preamble(self, first_role: str) -> str:
         return ""
 
+    @staticmethod
+    def pass_cost(width: int) -> float:
+        """A pass costs the same at any width (a table lookup per token): drafts are weighed on
+        this, not on timings, so tests see the same passes every run (speculate.PassCosts)."""
+        return 1.0
+
     def batch(self, rows: int = 1) -> "RandomBatch":
         return RandomBatch(self, rows)
 

@@ -12,12 +12,12 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import ModelError
 from ..index import Vocabulary
 from . import dialects
-from .hf_tokenizer import ChatRoles, chat_markers, vocabulary_from_tokenizer
+from .hf_tokenizer import TokenizerSide, vocabulary_from_tokenizer
 
 CONNECT_SECONDS = 5.0      # a server that does not answer by then is down or the URL is wrong
 REPLY_SECONDS = 600.0      # the most one completion may take
@@ -139,40 +139,16 @@ class Filled:
     closing: str = ""   # the character after the value that the grammar let end it (cut), or ""
 
 
-class RemoteModel(ChatRoles):
+class RemoteModel(TokenizerSide):
     """A served model: the tokenizer here, the forward passes there (see `models.base.LanguageModel`, less `batch`)."""
 
     def __init__(self, name: str, client: Client, served: str, dialect: dialects.Dialect, tokenizer):
+        super().__init__(tokenizer)
         self.name, self.client, self.served, self.dialect = name, client, served, dialect
-        self.tokenizer = tokenizer
-        # What the tokenizer puts before a text by default (as the transformers engine reads it).
-        with_special = tokenizer("a").input_ids
-        without = tokenizer("a", add_special_tokens=False).input_ids
-        starts = [i for i in range(len(with_special) - len(without) + 1) if with_special[i:i + len(without)] == without]
-        self.bos_ids = list(with_special[: starts[0]]) if starts and without else []
 
     @functools.cached_property
     def vocabulary(self) -> Vocabulary:
         return vocabulary_from_tokenizer(self.tokenizer)
-
-    def encode(self, text: str, special: bool = False) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=not special)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of `ids`: the vocabulary's bytes, special tokens written out (what a text prompt sends for them)."""
-        return b"".join(self._decoded_bytes[i] for i in ids).decode("utf-8", errors="replace")
-
-    @functools.cached_property
-    def _decoded_bytes(self) -> tuple[bytes, ...]:
-        pieces = list(self.vocabulary.tokens)
-        for i in self.vocabulary.special_ids:
-            pieces[i] = (self.tokenizer.convert_ids_to_tokens(i) or "").encode("utf-8")
-        return tuple(pieces)
-
-
-    @functools.cached_property
-    def _chat_markers(self):
-        return chat_markers(self.tokenizer, bos="".join(self.tokenizer.convert_ids_to_tokens(self.bos_ids)))
 
     def batch(self, rows: int = 1):
         raise ModelError(f"{self.name} is a model on a server: it fills holes by requests and has no local batch")

@@ -27,7 +27,7 @@ from ..index import Vocabulary
 from . import check_name, is_nanogpt
 from .default import DEFAULT_GGUF, DEFAULT_NAME, DEFAULT_PACKAGE  # noqa: F401
 from .default import default_gguf as _default_gguf
-from .hf_tokenizer import ChatRoles, PLAIN_ROLE_MARKERS, chat_markers, vocabulary_from_tokenizer  # noqa: F401
+from .hf_tokenizer import PLAIN_ROLE_MARKERS, TokenizerSide, vocabulary_from_tokenizer  # noqa: F401
 
 
 
@@ -102,18 +102,13 @@ def _native_bfloat16() -> bool:
         return torch.cuda.is_bf16_supported()
 
 
-class TransformersModel(ChatRoles):
+class TransformersModel(TokenizerSide):
     """A causal LM and its tokenizer, as the interpreter sees them (see `models.base.LanguageModel`)."""
 
     def __init__(self, name: str, module, tokenizer):
+        super().__init__(tokenizer)
         self.name = name
         self.module = module
-        self.tokenizer = tokenizer
-        # What the tokenizer puts before a text by default (it may also append an EOS: ignored).
-        with_special = tokenizer("a").input_ids
-        without = tokenizer("a", add_special_tokens=False).input_ids
-        starts = [i for i in range(len(with_special) - len(without) + 1) if with_special[i:i + len(without)] == without]
-        self.bos_ids = list(with_special[: starts[0]]) if starts and without else []
 
     @functools.cached_property
     def vocabulary(self) -> Vocabulary:
@@ -125,27 +120,6 @@ class TransformersModel(ChatRoles):
         bytes and the config where the model came from a folder (each file read once, see
         `cache.file_digest`), else the parameters in memory."""
         return _weights_fingerprint(self.module)
-
-    def encode(self, text: str, *, special: bool = False) -> list[int]:
-        """Token ids of `text`, no special tokens added; with `special`, special tokens written in the text (chat markers) become their ids."""
-        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=not special)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of `ids`: the vocabulary's bytes, special tokens written out."""
-        return b"".join(self._decoded_bytes[i] for i in ids).decode("utf-8", errors="replace")
-
-    @functools.cached_property
-    def _decoded_bytes(self) -> tuple[bytes, ...]:
-        pieces = list(self.vocabulary.tokens)
-        for i in self.vocabulary.special_ids:
-            content = self.tokenizer.convert_ids_to_tokens(i) if i < len(self.tokenizer) else None
-            pieces[i] = (content or "").encode("utf-8")
-        return tuple(pieces)
-
-
-    @functools.cached_property
-    def _chat_markers(self) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
-        return chat_markers(self.tokenizer, bos="".join(self.tokenizer.convert_ids_to_tokens(self.bos_ids)))
 
     def batch(self, rows: int = 1) -> "TransformersBatch":
         """A new, empty batch of `rows` sequences sharing one key/value cache."""

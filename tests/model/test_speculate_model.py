@@ -6,6 +6,16 @@ from lmql_lite import api
 
 pytestmark = pytest.mark.model
 
+
+@pytest.fixture(autouse=True)
+def every_guess_sent(monkeypatch):
+    """Wider passes as cheap as on a GPU, so every guess is sent and verified on real decoding:
+    whether a draft is worth its pass on this CPU is the cost model's call
+    (tests/unit/test_speculate.py), and on llama.cpp it seldom is."""
+    from lmql_lite import speculate
+    flat = speculate.Learned(lambda width: 1.0)
+    monkeypatch.setattr(speculate, "learned_for", lambda model: flat)
+
 DOC = ("Northwind Labs announced that Dr. Helena Vasquez-Moreau will lead its new research centre in Porto. "
        "The centre opens in September 2025 and will employ 140 engineers. The budget is 48 million euros.")
 

@@ -18,25 +18,57 @@ def fake():
     return FakeModel()
 
 
-@pytest.mark.parametrize("tokens, limit, expected", [
-    ([1, 2, 3, 4, 5, 9, 2, 3], 3, [4, 5, 9]),       # the last 2 tokens (2, 3) seen before: what followed
-    ([7, 2, 3, 8, 1, 2, 3, 4, 6, 1, 2, 3], 2, [4, 6]),  # the latest match of the longest n-gram (1, 2, 3)
-    ([1, 2, 3, 4, 2, 3], 9, [4, 2, 3]),             # a proposal may run into the sequence's own end
-    ([1, 2, 3, 4, 5], 4, []),                       # no n-gram of two tokens repeats
-    ([5, 5], 3, []),                                # too short for any window
-])
-def test_prompt_lookup_proposes_what_followed_the_latest_match(tokens, limit, expected):
-    assert speculate.PromptLookup(longest=3, shortest=2).propose(tokens, limit) == expected
+@pytest.fixture(autouse=True)
+def eager_lookup(monkeypatch):
+    """The fake model's tokens are mostly single characters: matches of 2 bytes make its text draft
+    often, and often wrongly, which is what the tests of drafts need."""
+    monkeypatch.setattr(speculate.PromptLookup, "SHORTEST", 2)
+
+
+def lookup(model, shortest=4, **sizes):
+    return speculate.PromptLookup(model.vocabulary.tokens, model.encode, shortest=shortest, **sizes)
+
+
+def test_prompt_lookup_matches_text_however_it_was_cut_into_tokens(fake):
+    # The document has " positive" as one token; the row ends with the token " pos". No token
+    # n-gram of the end occurs earlier, but its text " pos" does (" positive").
+    (positive,), (pos,) = fake.encode(" positive"), fake.encode(" pos")
+    tokens = fake.encode("Review: it was positive indeed. Label:") + [pos]
+    assert positive in tokens and pos not in tokens[:-1]
+    found = lookup(fake).propose(tokens, 4)
+    assert fake.decode(found.tokens) == "itive in" and found.evidence == len(" pos")
+
+
+def test_prompt_lookup_takes_the_latest_place_of_the_longest_match(fake):
+    found = lookup(fake).propose(fake.encode("one ab cd1; two ab cd2; ab cd"), 3)
+    assert fake.decode(found.tokens) == "2; " and found.evidence == len(" ab cd")
+    # a match is at most `longest` bytes, and at least `shortest`
+    assert lookup(fake, longest=4).propose(fake.encode("xx ab cd1; ab cd"), 1).evidence == 4
+    assert lookup(fake).propose(fake.encode("abcdefgh ab"), 5) is None
+    assert lookup(fake).propose(fake.encode("abcdefgh abc"), 0) is None
+
+
+def test_a_proposal_nobody_wants_is_not_spelt(fake):
+    spelt = []
+    look = speculate.PromptLookup(fake.vocabulary.tokens, lambda text: spelt.append(text) or fake.encode(text), shortest=4)
+    tokens = fake.encode("one ab cd1; two ab cd2; ab cd")
+    assert look.propose(tokens, 3, wanted=lambda evidence: evidence > 6) is None and spelt == []
+    assert look.propose(tokens, 3, wanted=lambda evidence: evidence == 6).evidence == 6 and len(spelt) == 1
+
+
+def test_a_proposal_may_run_into_the_rows_own_end(fake):
+    found = lookup(fake).propose(fake.encode("hey abcd abcd"), 9)
+    assert fake.decode(found.tokens) == " abcd"
 
 
 class Listed:
     """A proposer that always proposes the same tokens (to test the drafter's rules alone)."""
 
-    def __init__(self, tokens):
-        self.tokens = tokens
+    def __init__(self, tokens, evidence=32):
+        self.tokens, self.evidence = tokens, evidence
 
-    def propose(self, tokens, limit):
-        return self.tokens[:limit]
+    def propose(self, tokens, limit, wanted=None):
+        return speculate.Proposal(self.tokens[:limit], self.evidence)
 
 
 def filling_for(model, term, index):
@@ -45,23 +77,18 @@ def filling_for(model, term, index):
     return SimpleNamespace(guide=guide)
 
 
+FLAT = speculate.Learned(lambda width: 1.0)  # wider passes cost nothing more: every guess pays
+
+
 def test_a_draft_stops_at_the_first_token_the_constraint_forbids_and_leaves_the_guide_alone(fake):
     index = api._index(fake)
     enc = fake.encode
     f = filling_for(fake, terms.Regex("X", r"[a-c]+"), index)
-    drafter = speculate.Drafter(Listed(enc("abcab") + enc("z") + enc("abc")), enc, fake.vocabulary.eos_ids)
+    drafter = speculate.Drafter(Listed(enc("abcab") + enc("z") + enc("abc")), enc, fake.vocabulary.eos_ids, FLAT)
     before = f.guide.allowed().ids.copy()
     assert drafter.draft(f, [], 20) == enc("abcab")
     np.testing.assert_array_equal(f.guide.allowed().ids, before)  # drafting advanced a copy only
     assert drafter.draft(f, [], 2) == enc("abcab")[:2]  # the room given is the most it drafts
-
-
-def test_a_wholly_rejected_draft_pauses_the_holes_drafts_for_a_few_passes(fake):
-    enc = fake.encode
-    f = filling_for(fake, terms.Regex("X", r"[a-c]+"), api._index(fake))
-    drafter = speculate.Drafter(Listed(enc("abc")), enc, fake.vocabulary.eos_ids, pause=2)
-    drafter.rejected(f)
-    assert [drafter.draft(f, [], 2) for _ in range(3)] == [[], [], enc("abc")]
 
 
 def test_forced_text_is_drafted_for_free(fake):
@@ -69,9 +96,73 @@ def test_forced_text_is_drafted_for_free(fake):
     enc = fake.encode
     # After "a", the regex forces "-2024": the drafter spells it without the proposer.
     f = filling_for(fake, terms.Regex("X", r"(a|b)-2024!"), index)
-    drafter = speculate.Drafter(Listed(enc("a")), enc, fake.vocabulary.eos_ids)
+    drafter = speculate.Drafter(Listed(enc("a")), enc, fake.vocabulary.eos_ids, FLAT)
     draft = drafter.draft(f, [], 20)
     assert fake.decode(draft) == "a-2024!"
+
+
+def linear(per_token):
+    return speculate.Learned(lambda width: 1.0 + per_token * (width - 1))
+
+
+def test_a_draft_is_cut_where_it_pays_most():
+    drafter = speculate.Drafter(Listed([]), None, frozenset(), linear(0.6))
+    # llama.cpp on a CPU: each extra token costs 0.6 of a pass; a short match's guess (kept 45% of the time) does not pay
+    assert drafter.worth([3, 3, 3, 3]) == 0
+    # a token the hole must take pays there (2 tokens for 1.6 passes), the guesses after it do not
+    assert drafter.worth([None, 3, 3]) == 1
+    for _ in range(40):
+        drafter.learned.saw(6, True)
+    assert drafter.learned.chance(6) > 0.9 and drafter.worth([6] * 8) >= 6  # a copy in full flow
+    # transformers on a CPU: any width up to 9 costs about 1.8 passes; one short guess does not pay,
+    # two sure tokens and two guesses after them do, all four
+    flat_wide = speculate.Drafter(Listed([]), None, frozenset(), speculate.Learned(lambda w: 1.0 if w == 1 else 1.8))
+    assert flat_wide.worth([3]) == 0 and flat_wide.worth([None, None, 3, 3]) == 4
+
+
+def test_a_hole_whose_guesses_are_refused_stops_drafting():
+    # a long match (chance 0.9 model-wide) that this hole's model refuses twice: a few-shot
+    # prompt's earlier answer, proposed where the model writes its own
+    drafter = speculate.Drafter(Listed([]), None, frozenset(), speculate.Learned(lambda w: 1.0 if w == 1 else 1.8))
+    assert drafter.worth([6] * 8) == 8
+    assert drafter.worth([6] * 8, hole=[0, 2]) == 0
+    assert drafter.worth([6] * 8, hole=[4, 4]) == 8
+
+
+def test_kept_counts_guesses_until_the_first_refused(fake):
+    enc = fake.encode
+    f = filling_for(fake, terms.Regex("X", r"[a-c]+"), api._index(fake))
+    learned = speculate.Learned(lambda width: 1.0)
+    drafter = speculate.Drafter(Listed(enc("abc"), evidence=8), enc, fake.vocabulary.eos_ids, learned)
+    strength = learned.strength(8)
+    assert enc("abc") == enc("ab") + enc("c")
+    for _ in range(3):
+        assert drafter.draft(f, [], 2) == enc("abc")
+        drafter.kept(f, 1)  # "ab" kept, "c" refused
+    hits, trials = speculate.Learned.PRIOR[strength] * 2, 2
+    assert learned.chance(strength) == pytest.approx((hits + 3) / (trials + 6))
+    assert drafter.draft(f, [], 3) == enc("abc") + enc("ab")  # the proposal again after its end
+    drafter.kept(f, 3)  # all three kept: three hits
+    assert learned.chance(strength) == pytest.approx((hits + 6) / (trials + 9))
+    assert drafter._hole[id(f)] == [6, 9]  # the hole's own count, which `worth` leans on
+    drafter.kept(f, 0)  # no draft pending: nothing counted
+    assert learned.chance(strength) == pytest.approx((hits + 6) / (trials + 9))
+
+
+def test_pass_costs_are_the_medians_of_timed_passes_by_width():
+    costs = speculate.PassCosts()
+    assert costs.relative(1) == 1.0 and costs.relative(5) == pytest.approx(1.4)  # nothing measured: nearly free
+    for seconds in (0.010, 0.011, 0.009, 0.5):  # one stray slow pass does not move a median
+        costs.record(1, seconds)
+    for seconds in (0.018, 0.018):
+        costs.record(3, seconds)
+    costs.record(9, 0.030)
+    costs.record(500, 9.0)  # a prompt: not recorded
+    assert costs.relative(3) == pytest.approx(1.72, rel=0.01)
+    assert costs.relative(6) == pytest.approx((1.72 + 2.857) / 2, rel=0.01)  # between measured widths
+    assert costs.relative(2) == pytest.approx(1.36, rel=0.01)
+    assert costs.relative(20) == pytest.approx(2.857, rel=0.01)  # wider than measured: as the widest
+    assert speculate.PassCosts(lambda w: 2.0 * w).relative(3) == 6.0  # a model's own costs win
 
 
 def run(source, model, **options):
@@ -128,15 +219,18 @@ def test_copying_takes_several_tokens_per_pass(fake):
     assert a.trace.forward_passes * 3 <= b.trace.forward_passes
 
 
-def test_rows_hold_only_the_accepted_tokens(fake):
+def test_rows_hold_only_the_accepted_tokens(fake, monkeypatch):
     """After the run, each batch row holds exactly its prompt's tokens: rejected positions were truncated."""
     source = QUERIES[1]
     program = api.load(source)
     options = DecoderOptions()
+    made = []  # the run lets go of its batch at the end: keep it here to look at
+    monkeypatch.setattr(fake, "batch", lambda rows, batch=fake.batch: made.append(batch(rows)) or made[-1])
     runner = Runner(fake, api._index(fake), options)
     results = runner.run(api._starts(program, [{}, {}]))
+    assert len(made) == 1 and runner._batch is None
     for row, branch in enumerate(runner.branches):
-        assert runner.batch.tokens(row) == branch.prompt.tokens[:branch.prompt.fed]
+        assert made[0].tokens(row) == branch.prompt.tokens[:branch.prompt.fed]
         assert fake.decode(branch.prompt.tokens[:branch.prompt.fed]) in fake.decode(fake.bos_ids) + results[row].prompt
     assert sum(r.trace.rejected_tokens for r in results) > 0  # the test saw rejections to truncate
 

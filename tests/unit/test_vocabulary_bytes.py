@@ -122,3 +122,18 @@ def test_default_tokenizer_single_tokens_decode_to_their_bytes():
         except UnicodeDecodeError:  # part of a multi-byte character
             continue
         assert tokenizer.decode([i]) == text
+
+
+def test_decode_writes_special_tokens_out_and_ids_past_the_tokenizer_as_nothing():
+    from lmql_lite.models.hf_tokenizer import TokenizerSide
+
+    tokenizer = byte_level_tokenizer()
+
+    class Side(TokenizerSide):  # a model whose logits are wider than its tokenizer
+        vocabulary = vocabulary_from_tokenizer(tokenizer, len(tokenizer) + 10)
+
+    side = Side(tokenizer)
+    start = side.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    ids = side.encode("<|im_start|>Café", special=True)
+    assert ids[0] == start and side.decode(ids) == "<|im_start|>Café"
+    assert side.decode([len(side.tokenizer), len(side.vocabulary) - 1]) == ""
