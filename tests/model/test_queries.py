@@ -139,16 +139,20 @@ def test_chat_tags_render_with_the_template(default_model):
     assert "Paris" in r.variables["X"]
 
 
-def test_every_token_goes_through_the_model_once(default_model):
+def test_every_token_goes_through_the_model_once(default_model, monkeypatch):
     src = ('"Q: Name a fruit.\\nA:[A]\\n" where STOPS_BEFORE(A, "\\n") and len(TOKENS(A)) < 6\n'
            '"Q: Name a colour.\\nA:[B]\\n" where B in [" red", " green", " blue"]\n'
            '"Q: Name a number.\\nA: [C]" where INT(C) and len(TOKENS(C)) < 3\n')
     program = load(src)
-    runner = Runner(default_model, _index(default_model), DecoderOptions())
+    made = []  # the run lets go of its batch at the end: keep it here to look at
+    monkeypatch.setattr(default_model, "batch", lambda rows, batch=default_model.batch: made.append(batch(rows)) or made[-1])
+    # no drafts: a rejected draft's tokens are fed and then forgotten
+    runner = Runner(default_model, _index(default_model), DecoderOptions(speculate=False))
     (result,) = runner.run(_starts(program, [{}]))
     t = result.trace
-    sequence = runner.batch.tokens(0)
-    assert runner.batch.tokens_fed == t.tokens_fed
+    (batch,) = made
+    sequence = batch.tokens(0)
+    assert batch.tokens_fed == t.tokens_fed
     # Each token of the final sequence went through the model exactly once: nothing re-encoded.
     assert t.tokens_fed == len(sequence)
     assert result.prompt.startswith(default_model.decode(sequence[len(default_model.bos_ids):]))
