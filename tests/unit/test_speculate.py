@@ -219,6 +219,30 @@ def test_copying_takes_several_tokens_per_pass(fake):
     assert a.trace.forward_passes * 3 <= b.trace.forward_passes
 
 
+COPIED_UNDER = [  # constraints that end or cut a value while the model copies: drafts kept in part
+    'REGEX(A, r"[a-z ]+ neg[a-z ]*") and STOPS_AT(A, "qg") and len(TOKENS(A)) < 30',
+    'REGEX(A, r"[a-z ]+ positive[a-z ]+") and STOPS_BEFORE(A, " neg") and len(TOKENS(A)) < 30',
+    'REGEX(A, r"[a-z ]+ neg[a-z ]+") and len(TOKENS(A)) < 9',
+    'REGEX(A, r"[a-z ]+ neg[a-z]+") and len(TOKENS(A)) < 25',
+]
+
+
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("where", COPIED_UNDER)
+def test_copies_cut_by_constraints_write_what_one_token_per_pass_writes(fake, where, n):
+    first = run(f'"Once[A]" where {COPYABLE}\n', fake, speculate=False).variables["A"]
+    # a second hole after the first: what a cut draft left in the row would change its text
+    source = (f'argmax(n={n})\n"Notes: Once{first}\\nAgain: Once[A]. Once[B]" where {where} and '
+              'REGEX(B, r"[a-z ]+ neg[a-z ]+") and len(TOKENS(B)) < 9\n')
+    on, off = run(source, fake), run(source, fake, speculate=False)
+    on, off = (on if n > 1 else [on]), (off if n > 1 else [off])
+    for a, b in zip(on, off):
+        assert a.prompt == b.prompt and a.variables == b.variables
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+        assert [e.reason for e in a.trace.ends] == [e.reason for e in b.trace.ends]
+        assert a.trace.accepted_tokens > 0 and a.trace.forward_passes < b.trace.forward_passes
+
+
 def test_rows_hold_only_the_accepted_tokens(fake, monkeypatch):
     """After the run, each batch row holds exactly its prompt's tokens: rejected positions were truncated."""
     source = QUERIES[1]
