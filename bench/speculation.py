@@ -109,8 +109,10 @@ def guesses(speculate, as_json: bool) -> int:
         log(f"[speculation.py --guesses] {name} ...")
         lmql_lite.run(source, **inputs)
     rows = []
-    for strength in sorted(learned._counts):
-        hits, trials = (c - p for c, p in zip(learned._counts[strength], learned._prior(strength)))
+    for strength in sorted(learned.PRIOR):
+        hits, trials = learned.observed(strength)
+        if not trials:
+            continue
         rows.append({"strength": strength, "match_bytes": f"{2 ** (strength - 1)}-{2 ** strength - 1}",
                      "guesses": round(trials), "kept": round(hits), "share": hits / trials if trials else None})
     if as_json:

@@ -166,10 +166,14 @@ class Runner:
             return np.broadcast_to(logits, (rows, logits.shape[1]))
         if self.drafter is None or any(o is not None for o in only):
             return self.batch.step(feeds, only=only)
-        t0 = time.perf_counter()  # a pass with every logit: what a draft's pass is weighed against
-        logits = self.batch.step(feeds, only=only)
+        return self._timed(self.batch.step, feeds)  # a pass with every logit: what a draft's pass is weighed against
+
+    def _timed(self, step: Callable, feeds: list[list[int]]):
+        """`step(feeds)`, its seconds recorded by the widest feed for the drafter's pass costs."""
+        t0 = time.perf_counter()
+        out = step(feeds)
         self.drafter.learned.costs.record(max(map(len, feeds)), time.perf_counter() - t0)
-        return logits
+        return out
 
     # ---- speculative drafts -------------------------------------------------------------
 
@@ -197,9 +201,7 @@ class Runner:
             b.trace.forward_passes += 1
             b.trace.tokens_fed += len(feeds[b.row])
             b.trace.drafted_tokens += len(draft)
-        t0 = time.perf_counter()
-        out = self.batch.step_all(feeds)                              # per row (len(feed), vocab)
-        self.drafter.learned.costs.record(max(map(len, feeds)), time.perf_counter() - t0)
+        out = self._timed(self.batch.step_all, feeds)                 # per row (len(feed), vocab)
         # per branch: (the index in its row of the token whose logits are out[row][0], where its draft begins)
         held = {}
         for b in active:

@@ -160,6 +160,12 @@ class Learned:
         hits, trials = self._counts.get(strength) or self._prior(strength)
         return hits / trials
 
+    def observed(self, strength: int) -> tuple[float, float]:
+        """(guesses kept, guesses judged) of `strength` beyond the prior; exact until `CAP` halves them."""
+        hits, trials = self._counts.get(strength) or self._prior(strength)
+        prior_hits, prior_trials = self._prior(strength)
+        return hits - prior_hits, trials - prior_trials
+
     def likeliest(self) -> int:
         """The strength whose guesses are kept most often."""
         return max(self.PRIOR, key=self.chance)

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..index import Vocabulary
-from .fake import FakeBatch, log_softmax
+from .fake import FakeBatch, FakeModel, log_softmax
 from .hf_tokenizer import PLAIN_ROLE_MARKERS, vocabulary_from_tokenizer
 
 
@@ -59,11 +59,7 @@ class RandomModel:
     def chat_preamble(self, first_role: str) -> str:
         return ""
 
-    @staticmethod
-    def pass_cost(width: int) -> float:
-        """A pass costs the same at any width (a table lookup per token): drafts are weighed on
-        this, not on timings, so tests see the same passes every run (speculate.PassCosts)."""
-        return 1.0
+    pass_cost = staticmethod(FakeModel.pass_cost)  # drafts weighed on flat costs, not timings, as on the fake model
 
     def batch(self, rows: int = 1) -> "RandomBatch":
         return RandomBatch(self, rows)

@@ -144,6 +144,7 @@ def test_kept_counts_guesses_until_the_first_refused(fake):
     assert drafter.draft(f, [], 3) == enc("abc") + enc("ab")  # the proposal again after its end
     drafter.kept(f, 3)  # all three kept: three hits
     assert learned.chance(strength) == pytest.approx((hits + 6) / (trials + 9))
+    assert learned.observed(strength) == pytest.approx((6, 9))  # beyond the prior
     assert drafter._hole[id(f)] == [6, 9]  # the hole's own count, which `worth` leans on
     drafter.kept(f, 0)  # no draft pending: nothing counted
     assert learned.chance(strength) == pytest.approx((hits + 6) / (trials + 9))
