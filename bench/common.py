@@ -149,7 +149,9 @@ def raw_generate(model, prompt_ids: list[int], n: int) -> list[int]:
 
 def raw_score(model, prompt_ids: list[int], candidates: list[list[int]]) -> list[float]:
     """Total log-probability of each candidate after the prompt: the prompt once, then the candidates
-    right-padded in one batched pass over a copy of the prompt's cache (what a careful transformers user writes)."""
+    right-padded in one batched pass over a copy of the prompt's cache (what a careful transformers user writes).
+    A candidate's last token needs no logits after it, so the pass is fed all but that one, and is
+    skipped when every candidate is one token."""
     import torch
     from transformers import DynamicCache
     module = model.module
@@ -157,14 +159,15 @@ def raw_score(model, prompt_ids: list[int], candidates: list[list[int]]) -> list
         cache = DynamicCache(config=module.config)
         kw = {cache_argument(module): cache, "use_cache": True}
         first = module(input_ids=torch.tensor([prompt_ids], device=module.device), logits_to_keep=1, **kw).logits[0, -1].log_softmax(-1)
-        k, width = len(candidates), max(map(len, candidates))
-        cache.batch_repeat_interleave(k)
-        ids = torch.zeros((k, width), dtype=torch.long)
-        for i, c in enumerate(candidates):
-            ids[i, :len(c)] = torch.tensor(c)
-        ids = ids.to(module.device)
-        # Right padding: real tokens never attend to the pads after them (causal), so no mask is needed.
-        lp = module(input_ids=ids, **kw).logits.log_softmax(-1)
+        k, width = len(candidates), max(map(len, candidates)) - 1
+        if width:
+            cache.batch_repeat_interleave(k)
+            ids = torch.zeros((k, width), dtype=torch.long)
+            for i, c in enumerate(candidates):
+                ids[i, :len(c) - 1] = torch.tensor(c[:-1])
+            ids = ids.to(module.device)
+            # Right padding: real tokens never attend to the pads after them (causal), so no mask is needed.
+            lp = module(input_ids=ids, **kw).logits.log_softmax(-1)
         totals = []
         for i, c in enumerate(candidates):
             total = float(first[c[0]])

@@ -126,25 +126,28 @@ class RawLlama:
 
     def score(self, prompt: list[int], candidates: list[list[int]]) -> list[float]:
         """Total log-probability of each candidate after the prompt: the prompt once, the candidates as
-        copies of its sequence in one decode."""
+        copies of its sequence in one decode, fed all but their last token (no logits are needed after
+        it); no second decode when every candidate is one token."""
         ll = self.ll
         ll.llama_memory_clear(self.memory, True)
         self._decode(self._fill(prompt, 0))
         first = self._last_logits().astype(np.float64)
-        for k in range(1, len(candidates) + 1):
-            ll.llama_memory_seq_cp(self.memory, 0, k, -1, -1)
-        at = 0
+        at, where = 0, []
         for k, c in enumerate(candidates, 1):
-            at = self._fill(c, len(prompt), seq=k, at=at, all_logits=True)
-        self._decode(at)
-        out = np.ctypeslib.as_array(ll.llama_get_logits(self.ctx), shape=(at, self.width)).astype(np.float64)
-        totals, row = [], 0
-        for c in candidates:
+            where.append(at)
+            if len(c) > 1:
+                ll.llama_memory_seq_cp(self.memory, 0, k, -1, -1)
+                at = self._fill(c[:-1], len(prompt), seq=k, at=at, all_logits=True)
+        out = np.zeros((0, self.width))
+        if at:
+            self._decode(at)
+            out = np.ctypeslib.as_array(ll.llama_get_logits(self.ctx), shape=(at, self.width)).astype(np.float64)
+        totals = []
+        for c, row in zip(candidates, where):
             steps = np.concatenate([first[None], out[row:row + len(c) - 1]])
             steps = steps - steps.max(axis=1, keepdims=True)
             logprobs = steps - np.log(np.exp(steps).sum(axis=1, keepdims=True))
             totals.append(float(logprobs[np.arange(len(c)), c].sum()))
-            row += len(c)
         return totals
 
 

@@ -328,9 +328,10 @@ class Runner:
         totals = []
         for at in range(0, len(candidates), self.SCORE_CHUNK):
             chunk = candidates[at:at + self.SCORE_CHUNK]
+            passes, fed = self.batch.forward_passes, self.batch.tokens_fed
             totals += [float(s.sum()) for s in self.batch.score(branch.row, chunk)]
-            branch.trace.forward_passes += 1
-            branch.trace.tokens_fed += sum(len(c) for c in chunk)
+            branch.trace.forward_passes += self.batch.forward_passes - passes  # none when every candidate is one token
+            branch.trace.tokens_fed += self.batch.tokens_fed - fed
         return totals
 
 

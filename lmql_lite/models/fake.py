@@ -147,10 +147,11 @@ class FakeBatch:
 
     def score(self, row: int, continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
         prefix = self._rows[row]
-        self.forward_passes += 1
+        fed = sum(max(len(tokens) - 1, 0) for tokens in continuations)  # a last token needs no logits after it
+        self.forward_passes += fed > 0
+        self.tokens_fed += fed
         out = []
         for tokens in continuations:
-            self.tokens_fed += len(tokens)
             steps = [self.model.logits_for(prefix + list(tokens[:j])) if prefix or j else
                      np.zeros(len(self.model.vocabulary), np.float32) for j in range(len(tokens))]
             out.append(np.array([log_softmax(logits)[t] for logits, t in zip(steps, tokens)], np.float64))

@@ -314,25 +314,41 @@ class LlamaCppBatch:
                 for row, (feed, logits) in enumerate(zip(feeds, out))]
 
     def score(self, row: int, continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        """Log-probabilities of each continuation's tokens after `row`, in one pass over copies of the row."""
+        """Log-probabilities of each continuation's tokens after `row`, in one pass over copies of the row.
+
+        A continuation's last token needs no logits after it, so a copy is fed all but that token,
+        and only continuations of two or more tokens take a copy. The logits after the row's last
+        token are the row's own while fresh; else each copy feeds that token again first."""
         continuations = [list(c) for c in continuations]
         rows = len(self._rows)
         start = len(self._rows[row])
-        self.select(list(range(rows)) + [row] * len(continuations))
-        # Each copy feeds the row's last token again (for the logits after it), then its continuation.
-        feeds = [[] for _ in range(rows)] + [self._back_up(i) + c for i, c in enumerate(continuations, rows)]
         fresh = list(self._fresh[:rows])
-        try:
-            out = self._decode(feeds, last_only=False, rows=range(rows, rows + len(continuations)))
-        finally:
-            self.select(list(range(rows)))
-            self._fresh = fresh
+        first = self._last[row].astype(np.float64) if fresh[row] or not start else None
+        copied = [i for i, c in enumerate(continuations) if first is None or len(c) > 1]
+        out: dict[int, np.ndarray] = {}
+        if copied:
+            self.select(list(range(rows)) + [row] * len(copied))
+            feeds = [[] for _ in range(rows)]
+            for at, i in enumerate(copied, rows):
+                c = continuations[i]
+                feeds.append(self._back_up(at) + c[:-1] if first is None else c[:-1])
+            try:
+                logits = self._decode(feeds, last_only=False, rows=range(rows, rows + len(copied)))
+            finally:
+                self.select(list(range(rows)))
+                self._fresh = fresh
+            out = {i: logits[at] for at, i in enumerate(copied, rows)}
         scores = []
-        for continuation, logits in zip(continuations, out[rows:]):
-            steps = logits[:len(continuation)].astype(np.float64)
-            if not start:  # no logits before the first token: all tokens equally likely
-                steps = np.concatenate([np.zeros((1, self._width)), steps[:len(continuation) - 1]])
-            steps -= steps.max(axis=1, keepdims=True)
+        for i, continuation in enumerate(continuations):
+            if not continuation:
+                scores.append(np.zeros(0))
+                continue
+            after = out.get(i, np.zeros((0, self._width), dtype=np.float32)).astype(np.float64)
+            if first is not None:  # the logits after the row's last token, then after each fed token
+                head = first if start else np.zeros(self._width)  # no logits before the first token: all alike
+                after = np.concatenate([head[None], after])
+            steps = after[:len(continuation)]
+            steps = steps - steps.max(axis=1, keepdims=True)
             logprobs = steps - np.log(np.exp(steps).sum(axis=1, keepdims=True))
             scores.append(logprobs[np.arange(len(continuation)), continuation])
         return scores

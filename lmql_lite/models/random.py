@@ -76,10 +76,11 @@ class RandomBatch(FakeBatch):
 
     def score(self, row: int, continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
         prefix = self._rows[row]
-        self.forward_passes += 1
+        fed = sum(max(len(tokens) - 1, 0) for tokens in continuations)  # as a real batch feeds them
+        self.forward_passes += fed > 0
+        self.tokens_fed += fed
         out = []
         for tokens in continuations:
-            self.tokens_fed += len(tokens)
             out.append(np.array([log_softmax(self.model.logits_for(prefix + list(tokens[:j])))[t]
                                  if prefix or j else 0.0 for j, t in enumerate(tokens)], np.float64))
         return out

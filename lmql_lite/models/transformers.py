@@ -261,13 +261,17 @@ class TransformersBatch:
         rows, continuations = len(self._rows), [list(c) for c in continuations]
         full = self._fresh[row] and self._last is not None  # the logits after the row's last token are at hand
         first = self._last[row].clone() if full else torch.zeros(self._width, device=self._device)
-        self.select(list(range(rows)) + [row] * len(continuations))
-        feeds = [[] for _ in range(rows)] + continuations
         backed_up = not full and bool(self._rows[row])
-        if backed_up:  # feed the row's last token again, for the logits after it
-            feeds[rows:] = [self._back_up(r) + feed for r, feed in enumerate(feeds[rows:], rows)]
-        out = self._run(feeds, True)
-        self.select(list(range(rows)))
+        # A continuation's last token needs no logits after it: a copy is fed the rest (none: no pass at all).
+        feeds = [[] for _ in range(rows)] + [c if backed_up else c[:-1] for c in continuations]
+        if any(feeds):
+            self.select(list(range(rows)) + [row] * len(continuations))
+            if backed_up:  # feed the row's last token again, for the logits after it
+                feeds[rows:] = [self._back_up(r) + feed for r, feed in enumerate(feeds[rows:], rows)]
+            out = self._run(feeds, True)
+            self.select(list(range(rows)))
+        else:
+            out = [torch.zeros((0, self._width), device=self._device)] * len(feeds)
         scores = []
         for i, tokens in enumerate(continuations):
             logits = out[rows + i]  # (len(feed), vocab): after each token fed

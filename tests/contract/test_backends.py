@@ -167,6 +167,27 @@ def test_scoring_equals_step_by_step_logits(model, truncated):
     close(model, batch.step([[], []])[0], fresh_logits(model, prefix))
 
 
+def test_scoring_after_fresh_logits_feeds_only_what_needs_logits(model):
+    """A continuation's first token is scored on the row's own logits and its last token needs none
+    after it: one-token candidates (a `distribution` over labels) cost no pass at all."""
+    rng = random.Random(5)
+    prefix = model.bos_ids + model.encode(TEXTS[1])
+    batch = model.batch(1)
+    batch.step([prefix])
+    passes, fed = batch.forward_passes, batch.tokens_fed
+    ones = [ordinary(model, 1, rng) for _ in range(4)]
+    scores = batch.score(0, ones)
+    assert (batch.forward_passes, batch.tokens_fed) == (passes, fed)
+    logits = fresh_logits(model, prefix)
+    for tokens, score in zip(ones, scores):
+        np.testing.assert_allclose(score, [log_softmax(logits)[tokens[0]]], atol=tolerance(model))
+    longer = [ordinary(model, n, rng) for n in (3, 1, 2)]
+    batch.score(0, longer)
+    assert batch.forward_passes == passes + 1
+    assert batch.tokens_fed == fed + sum(len(c) - 1 for c in longer)
+    assert batch.tokens(0) == prefix
+
+
 def test_step_all_gives_the_step_by_step_logits_of_every_token_fed(model):
     rng = random.Random(5)
     prefixes = [model.bos_ids + model.encode(TEXTS[0]), ordinary(model, 3, rng), model.bos_ids + model.encode(TEXTS[2])]
