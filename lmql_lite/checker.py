@@ -11,6 +11,7 @@ import ast
 import builtins
 import copy
 import difflib
+import traceback
 from typing import Any, Iterable
 
 from . import compiler, nodes, options
@@ -207,14 +208,30 @@ def _check_hole(program: compiler.Program, prompt: nodes.Prompt, hole: nodes.Hol
     term = None
     if body:
         lam = compiler.where_function(body)
-        term = eval(compile(lam, program.filename, "eval"), {"__builtins__": builtins, **compiler.where_names()})(
-            lambda name: terms.Var(name))
+        try:
+            term = eval(compile(lam, program.filename, "eval"), {"__builtins__": builtins, **compiler.where_names()})(
+                lambda name: terms.Var(name))
+        except LmqlError as e:
+            return e
+        except Exception as e:  # an operation no constraint has: `len(TOKENS(X)) << 5`
+            return _where_error(program, e)
     from .constraints import holes  # numpy and the automata: loaded only for queries with constraints
     try:
         holes.plan_hole(None if term is True else term, hole.name, hole_type)
     except ConstraintError as e:
         return e
     return None
+
+
+def _where_error(program: compiler.Program, e: Exception) -> ConstraintError:
+    """`e`, raised by a where clause evaluated over the hole's terms, as a user's error at its place."""
+    line = column = None
+    for frame in traceback.extract_tb(e.__traceback__):
+        if frame.filename == program.filename:
+            line = frame.lineno
+            column = frame.colno + 1 if getattr(frame, "colno", None) is not None else None
+    return ConstraintError(f"this constraint cannot be evaluated: {type(e).__name__}: {e}", file=program.filename,
+                           line=line, column=column, source_line=program.source_line(line) if line else None)
 
 
 def _conjuncts(expr: ast.expr) -> list[ast.expr]:

@@ -142,6 +142,7 @@ REJECTED = [
     ('argmax\n    "[X]"\nWHERE\n    X in ["a"] and\n    X in ["b"]\n', 2, 6, "X can never satisfy its constraint"),
     ('import re\nargmax\n    "[X]" where regex(X, "[")\n', 3, 6, "invalid regular expression '['"),
     ('    "[X]" where X in []\n    return X\n', 1, 6, "X can never satisfy its constraint"),
+    ('"[X]" where len(TOKENS(X)) << 5\n', 1, 13, "this constraint cannot be evaluated: TypeError"),
 ]
 
 
