@@ -75,7 +75,7 @@ class RawLlama:
 
     def lowlevel(self, prompt: list[int], n: int) -> list[int]:
         """Greedy decoding of `n` new tokens: the prompt in one decode, then one decode + argmax per token."""
-        self.ll.llama_memory_clear(self.memory, True)
+        self.ll.llama_memory_clear(self.memory, False)
         self._decode(self._fill(prompt, 0))
         new = []
         for i in range(n):
@@ -129,7 +129,7 @@ class RawLlama:
         copies of its sequence in one decode, fed all but their last token (no logits are needed after
         it); no second decode when every candidate is one token."""
         ll = self.ll
-        ll.llama_memory_clear(self.memory, True)
+        ll.llama_memory_clear(self.memory, False)
         self._decode(self._fill(prompt, 0))
         first = self._last_logits().astype(np.float64)
         at, where = 0, []

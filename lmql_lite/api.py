@@ -321,14 +321,16 @@ def _clause_names(program: compiler.Program) -> set[str]:
 
 
 def input_order(program: compiler.Program) -> list[str]:
-    """The query's inputs in the order they first appear in its text."""
-    wanted = set(program.inputs)
-    seen: dict[str, tuple[int, int]] = {}
-    for node in ast.walk(program.module):
-        if isinstance(node, ast.Name) and node.id in wanted and hasattr(node, "lineno"):
-            at = (node.lineno, node.col_offset)
-            seen[node.id] = min(seen.get(node.id, at), at)
-    return sorted(seen, key=seen.get)
+    """The query's inputs in the order they first appear in its text (walked once per compiled query)."""
+    if program._input_order is None:
+        wanted = set(program.inputs)
+        seen: dict[str, tuple[int, int]] = {}
+        for node in ast.walk(program.module):
+            if isinstance(node, ast.Name) and node.id in wanted and hasattr(node, "lineno"):
+                at = (node.lineno, node.col_offset)
+                seen[node.id] = min(seen.get(node.id, at), at)
+        program._input_order = tuple(sorted(seen, key=seen.get))
+    return list(program._input_order)
 
 
 def run(source_or_path: str, *args: Any, model: Any = None, decoder: str | None = None, seed: int | None = None,

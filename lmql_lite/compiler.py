@@ -37,6 +37,7 @@ class Program:
     returns: bool = True              # has a `return`; a nested query without one is a macro (LMQL)
     _code: dict = field(default_factory=dict, repr=False)
     _runnable: set = field(default_factory=set, repr=False)  # input name sets `checker.check` found no problem with
+    _input_order: tuple[str, ...] | None = field(default=None, repr=False)  # api.input_order, found once
 
     @property
     def filename(self) -> str:

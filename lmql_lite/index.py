@@ -32,6 +32,21 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def __hash__(self) -> int:
+        # Caches are keyed by the vocabulary (one lookup per run): hash its 49k tokens once, not per lookup.
+        found = self.__dict__.get("_hash")
+        if found is None:
+            found = hash((self.tokens, self.eos_ids, self.special_ids))
+            object.__setattr__(self, "_hash", found)
+        return found
+
+    def __getstate__(self) -> dict:  # the hash of bytes differs between processes: never pickled
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
+    def __setstate__(self, state: dict) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+
 
 @dataclass(frozen=True)
 class Allowed:

@@ -24,7 +24,7 @@ any of this: only how many passes it takes.
 from __future__ import annotations
 
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from statistics import median
 from typing import Callable, Protocol, Sequence
@@ -33,7 +33,7 @@ from .constraints.base import Guide
 from .errors import LmqlError
 
 __all__ = ["Proposal", "Proposer", "PromptLookup", "Drafter", "Learned", "PassCosts", "Spellings", "for_options",
-           "forced_tokens"]
+           "forced_tokens", "site_of"]
 
 
 @dataclass(frozen=True)
@@ -144,10 +144,12 @@ class Learned:
 
     PRIOR = {1: 0.45, 2: 0.45, 3: 0.45, 4: 0.65, 5: 0.8, 6: 0.9}
     WEIGHT, CAP = 2.0, 64.0
+    SITE_CAP, SITES = 16.0, 512  # a hole's own count is halved past 16 guesses; the latest 512 holes are kept
 
     def __init__(self, declared_cost: Callable[[int], float] | None = None):
         self.costs = PassCosts(declared_cost)
         self._counts: dict[int, list[float]] = {}
+        self._sites: OrderedDict[object, list[float]] = OrderedDict()
 
     @staticmethod
     def strength(evidence: int) -> int:
@@ -169,6 +171,19 @@ class Learned:
     def likeliest(self) -> int:
         """The strength whose guesses are kept most often."""
         return max(self.PRIOR, key=self.chance)
+
+    def site(self, key) -> list[float]:
+        """[guesses kept, guesses judged] at one hole of one query (`site_of`), over every run of it
+        while the model is loaded: the same few-shot answer is refused run after run, the same
+        document copied run after run. The list itself, for `Drafter.kept` to add to."""
+        counts = self._sites.get(key)
+        if counts is None:
+            counts = self._sites[key] = [0.0, 0.0]
+            if len(self._sites) > self.SITES:
+                self._sites.popitem(last=False)
+        else:
+            self._sites.move_to_end(key)
+        return counts
 
     def saw(self, strength: int, kept: bool) -> None:
         counts = self._counts.setdefault(strength, self._prior(strength))
@@ -194,6 +209,15 @@ def learned_for(model) -> Learned:
         return found
     except TypeError:  # a model that cannot be weakly referenced: learns per run
         return Learned(getattr(model, "pass_cost", None))
+
+
+def site_of(filling) -> object:
+    """Which hole of which query `filling` fills: the query's text and the hole's place in it (a
+    loop's hole is one site over its iterations). A filling without them is a site of its own."""
+    program, hole = getattr(filling, "program", None), getattr(filling, "hole", None)
+    if program is None or hole is None:
+        return ("filling", id(filling))
+    return (program.query.source, hole.name, hole.line, hole.column)
 
 
 def forced_tokens(guide: Guide, encode: Callable[[str], list[int]]) -> tuple[list[int], bool]:
@@ -248,13 +272,12 @@ class Drafter:
         self.longest = longest            # draft tokens per pass at most
         self.queued_limit = queued_limit  # a pass that feeds more (a prompt) takes no draft: every position costs logits
         self._strengths: dict[int, list[int | None]] = {}  # id(filling) → per draft token, its strength (None: sure)
-        self._hole: dict[int, list[int]] = {}  # id(filling) → [guesses kept, guesses judged] in this hole
 
     def draft(self, filling, tokens: list[int], room: int, queued: int = 1) -> list[int]:
         """The draft for `filling`'s hole after `tokens` (the row's sequence, `queued` of them not yet
         fed), `room` tokens at most, cut where it stops paying."""
         room = min(room, self.longest)
-        hole = self._hole.get(id(filling))
+        hole = self.learned.site(site_of(filling))
         if not filling.guide.forced() and self.worth([self.learned.likeliest()] * room, queued, hole) == 0:
             return []  # not even a run of the likeliest guesses would pay: no lookup
         guide = filling.guide.copy()
@@ -335,7 +358,7 @@ class Drafter:
 
     def kept(self, filling, accepted: int) -> None:
         """`accepted` tokens of `filling`'s last draft were kept: what its guesses are worth is updated."""
-        hole = self._hole.setdefault(id(filling), [0, 0])
+        hole = self.learned.site(site_of(filling))
         for i, strength in enumerate(self._strengths.pop(id(filling), ())):
             if strength is not None:
                 self.learned.saw(strength, i < accepted)
@@ -343,6 +366,9 @@ class Drafter:
                 hole[1] += 1
             if i >= accepted:
                 break
+        if hole[1] > self.learned.SITE_CAP:  # the latest runs weigh most
+            hole[0] /= 2
+            hole[1] /= 2
 
 
 def for_options(options, model, spell: Spellings) -> Drafter | None:

@@ -145,9 +145,38 @@ def test_kept_counts_guesses_until_the_first_refused(fake):
     drafter.kept(f, 3)  # all three kept: three hits
     assert learned.chance(strength) == pytest.approx((hits + 6) / (trials + 9))
     assert learned.observed(strength) == pytest.approx((6, 9))  # beyond the prior
-    assert drafter._hole[id(f)] == [6, 9]  # the hole's own count, which `worth` leans on
+    assert learned.site(speculate.site_of(f)) == [6, 9]  # the hole's own count, which `worth` leans on
     drafter.kept(f, 0)  # no draft pending: nothing counted
     assert learned.chance(strength) == pytest.approx((hits + 6) / (trials + 9))
+
+
+def test_a_hole_refused_in_one_run_drafts_less_in_the_next_run_of_the_same_query(fake):
+    # A few-shot prompt's earlier answer matches well (a long match, chance 0.9 model-wide) and the
+    # model never copies it: each run is a new drafter, but the hole's history is the model's.
+    from types import SimpleNamespace
+    enc = fake.encode
+    learned = speculate.Learned(lambda w: 1.0 if w == 1 else 1.8)
+    program = SimpleNamespace(query=SimpleNamespace(source='"Q: x\nA: abc\nQ: y\nA:[X]"'))
+    hole = SimpleNamespace(name="X", line=1, column=20)
+
+    def a_run():
+        f = filling_for(fake, terms.Regex("X", r"[a-c]+"), api._index(fake))
+        f.program, f.hole = program, hole
+        return speculate.Drafter(Listed(enc("abcabc")), enc, fake.vocabulary.eos_ids, learned), f
+
+    drafter, f = a_run()
+    assert drafter.draft(f, [], 6)  # the first run tries the copy
+    drafter.kept(f, 0)
+    drafter, f = a_run()
+    assert drafter.draft(f, [], 6) == []  # the next run of the same query does not
+    other, g = a_run()
+    g.hole = SimpleNamespace(name="X", line=2, column=5)  # another hole: its own history
+    assert other.draft(g, [], 6)
+    other.kept(g, 6)
+    for _ in range(20):  # halved past SITE_CAP, so the latest runs weigh most
+        other.draft(g, [], 6)
+        other.kept(g, 6)
+    assert learned.site(speculate.site_of(g))[1] <= learned.SITE_CAP
 
 
 def test_pass_costs_are_the_medians_of_timed_passes_by_width():
