@@ -89,6 +89,28 @@ def test_one_row_feeds_each_token_once(model_fixture, request):
     assert batch.tokens(0) == tokens[:10]
 
 
+def test_grouped_attention_gives_transformers_sdpa_logits_on_padded_passes_after_a_cache(tiny_model):
+    # The tiny model shares 2 key/value heads among 4 query heads: on the CPU it runs lmql_lite's
+    # attention, which hands a mask and `enable_gqa` to SDPA together instead of repeating keys.
+    module = tiny_model.module
+    assert module.config._attn_implementation == backend.GROUPED_SDPA
+    from transformers import DynamicCache
+    ids = torch.randint(3, module.config.vocab_size, (3, 40), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 40, dtype=torch.long)
+    mask[1, :5] = mask[2, :11] = 0  # left padding, as a batch of rows of different lengths is fed
+    logits = {}
+    try:
+        for name in ("sdpa", backend.GROUPED_SDPA):
+            module.set_attn_implementation(name)
+            with torch.inference_mode():
+                cache = {tiny_model._forward_arguments[0]: DynamicCache(config=module.config)}
+                module(input_ids=ids[:, :33], attention_mask=mask[:, :33], **cache)
+                logits[name] = module(input_ids=ids[:, 33:], attention_mask=mask, **cache).logits
+    finally:
+        module.set_attn_implementation(backend.GROUPED_SDPA)
+    torch.testing.assert_close(logits[backend.GROUPED_SDPA], logits["sdpa"], atol=1e-5, rtol=1e-5)
+
+
 def test_a_row_with_no_tokens_gets_zero_logits(tiny_model):
     logits = tiny_model.batch(2).step([[5], []])
     assert (logits[1] == 0).all() and not (logits[0] == 0).all()
