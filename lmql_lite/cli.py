@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, stops
 from .errors import LmqlError, QueryArgumentError, QueryTimeoutError
 from .options import MAX_SEED
 
@@ -48,10 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:  # wherever it lands: while running, entering, or inside a handler below
+        stops.clear()
         _Printer.end_line()
         print("interrupted", file=sys.stderr)
         return INTERRUPTED
     except _Terminated:
+        stops.clear()
         _Printer.end_line()
         print("terminated", file=sys.stderr)
         return TERMINATED
@@ -197,17 +199,28 @@ def _quiet_libraries(debug: bool):
 
 @contextlib.contextmanager
 def _terminate_on_sigterm():
+    """SIGTERM raises `_Terminated`, and Ctrl-C (where Python's own handler is in place) raises
+    KeyboardInterrupt; both are noted in `stops`, so that one a finalizer swallowed is raised again."""
+    stops.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def terminated(signum, frame):
+        stops.note(_Terminated)
         raise _Terminated()
-    previous = signal.signal(signal.SIGTERM, terminated)
+
+    def interrupted(signum, frame):
+        stops.note(KeyboardInterrupt)
+        raise KeyboardInterrupt
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminated)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupted)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _silence_stdout() -> None:
@@ -635,6 +648,7 @@ def _run_rows(args, program, shared: dict[str, Any], batch: tuple[list[int], lis
                     bar.write(text, file=sys.stdout)
                     sys.stdout.flush()
                 bar.update(1)
+                stops.check()  # a signal a finalizer swallowed ends the run here, the row written whole
         finally:
             bar.close()
             left = len(todo) - ok - failed

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from . import decoders, runcache, speculate
+from . import decoders, runcache, speculate, stops
 from . import events as events_
 from .branch import Branch
 from .deadline import Expired
@@ -99,6 +99,7 @@ class Runner:
         self.branches = [Branch(self, start, program, row) for row, (start, program) in enumerate(starts)]
         try:
             while active := self._settle():
+                stops.check()  # Ctrl-C or SIGTERM that a finalizer swallowed (stops.py)
                 if self.served:
                     self._ask(active)                                # one request per row's hole, all at once
                     continue
