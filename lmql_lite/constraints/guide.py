@@ -212,14 +212,14 @@ class AutomatonGuide:
             return b""
         a = self.automaton
         armed = self.plan.counts.allows(self.tokens_used + 1)
-        only, accepting, stops = self._only_bytes()
+        only, (accepting, stops, _) = a.only_next, a.flags
         s, out = self.state, bytearray()
         while not accepting[s] and len(out) < 256:
             byte = only[s]
             if byte < 0:
                 break
             out.append(byte)
-            s = int(a.table[s, byte])
+            s = a.row(s)[byte]
             if armed and stops[s]:
                 break
         while automata.ends_mid_character(out):
@@ -299,18 +299,6 @@ class AutomatonGuide:
         ok = [t for t in step.targets.tolist() if t < 0 or self._ends_in_time(t, 1)]
         mask[step.ids[np.isin(step.ends, ok)]] = True
         return mask
-
-    def _only_bytes(self) -> tuple[list[int], list[bool], list[bool]]:
-        """Per state of the automaton: its one next byte (-1 when none or several), whether it
-        accepts, whether it ends a stop phrase; as lists, for `forced`'s walk byte by byte."""
-        cache = self.index.cache(self.automaton)
-        found = cache.get("only bytes")
-        if found is None:
-            a = self.automaton
-            live = a.table >= 0
-            only = np.where(live.sum(axis=1) == 1, live.argmax(axis=1), -1)
-            found = cache["only bytes"] = (only.tolist(), a.accepting.tolist(), a.stops.tolist())
-        return found
 
     def _spelling(self) -> tuple[np.ndarray, np.ndarray]:
         """Per state, the fewest and the most bytes to an ending along bytes that are tokens by themselves.

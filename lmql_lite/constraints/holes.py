@@ -137,6 +137,12 @@ class HoleAutomaton:
         """`accepting`, `stops` and `has_next` as Python lists."""
         return self.accepting.tolist(), self.stops.tolist(), self.has_next.tolist()
 
+    @functools.cached_property
+    def only_next(self) -> list[int]:
+        """Per state, the one byte that continues it, or -1 (none, or a choice): the forced text's walk."""
+        live = self.table >= 0
+        return np.where(live.sum(axis=1) == 1, live.argmax(axis=1), -1).tolist()
+
     @property
     def longest(self) -> np.ndarray:
         """Most bytes from each state to a possible ending (math.inf past a cycle)."""
