@@ -48,12 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:  # wherever it lands: while running, entering, or inside a handler below
-        stops.clear()
         _Printer.end_line()
         print("interrupted", file=sys.stderr)
         return INTERRUPTED
     except _Terminated:
-        stops.clear()
         _Printer.end_line()
         print("terminated", file=sys.stderr)
         return TERMINATED
@@ -200,8 +198,8 @@ def _quiet_libraries(debug: bool):
 @contextlib.contextmanager
 def _terminate_on_sigterm():
     """SIGTERM raises `_Terminated`, and Ctrl-C (where Python's own handler is in place) raises
-    KeyboardInterrupt; both are noted in `stops`, so that one a finalizer swallowed is raised again."""
-    stops.clear()
+    KeyboardInterrupt; both are noted in `stops`, so that one a finalizer swallowed is raised again.
+    Whatever ends the command, nothing stays pending after it (a later run in the process is not stopped)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -221,6 +219,7 @@ def _terminate_on_sigterm():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        stops.clear()
 
 
 def _silence_stdout() -> None:

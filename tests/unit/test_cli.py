@@ -161,6 +161,7 @@ def test_a_sigterm_that_lands_in_a_finalizer_still_ends_a_batch(tmp_path, capsys
     assert capsys.readouterr().err.endswith("terminated\n")
     rows = [json.loads(line) for line in out.read_text().splitlines()]  # each line whole
     assert 0 < len(rows) < 50
+    assert cli.main(["run", write(tmp_path, CHOICE), "--arg", "country=x"]) == 0  # nothing left pending
 
 
 def test_undecodable_file_is_a_syntax_error(tmp_path, capsys):
