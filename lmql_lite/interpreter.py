@@ -179,11 +179,15 @@ class Runner:
     # ---- speculative drafts -------------------------------------------------------------
 
     def _drafts(self, active: list[Branch]) -> dict[Branch, list[int]]:
-        """Each active branch's draft for this pass (none when no row has one, or a row feeds a prompt)."""
+        """Each active branch's draft for this pass, after what it queued (a prompt too: `step_all(last=)`
+        computes the draft's logits only); none when no row has one."""
         d = self.drafter
-        if d is None or any(len(b.prompt.tokens) - b.prompt.fed > d.queued_limit for b in active):
-            return {}
-        drafts = {b: d.draft(b.filling, b.prompt.tokens, b.filling.room() - 1, len(b.prompt.tokens) - b.prompt.fed)
+        if d is None or len(self.branches) > 1 and self.batch.forward_passes == 0:
+            return {}  # the first pass of several rows may be one prompt, encoded once (`_forward`)
+        if d.queued_limit is not None and any(len(b.prompt.tokens) - b.prompt.fed > d.queued_limit for b in active):
+            return {}  # a prompt, on a model whose batched passes round otherwise (`Drafter.queued_limit`)
+        drafts = {b: d.draft(b.filling, b.prompt.tokens, b.filling.room() - 1, len(b.prompt.tokens) - b.prompt.fed,
+                             sparse=self._few_allowed(b) is not None)
                   for b in active}
         return {b: draft for b, draft in drafts.items() if draft}
 
@@ -195,19 +199,21 @@ class Runner:
         or when its hole ends; the row then forgets every position the branch did not keep.
         """
         feeds: list[list[int]] = [[] for _ in self.branches]
+        wanted = [1] * len(self.branches)  # per row, the logits after its last token queued and after each draft token
         fillings = {b: b.filling for b in active}  # the holes drafted for (a hole may end in the pass)
         for b in active:
             draft = drafts.get(b, [])
             feeds[b.row] = b.prompt.queued() + draft
+            wanted[b.row] = 1 + len(draft)
             b.trace.forward_passes += 1
             b.trace.tokens_fed += len(feeds[b.row])
             b.trace.drafted_tokens += len(draft)
-        out = self._timed(self.batch.step_all, feeds)                 # per row (len(feed), vocab)
+        out = self._timed(lambda feeds: self.batch.step_all(feeds, last=wanted), feeds)  # per row (≤ wanted, vocab)
         # per branch: (the index in its row of the token whose logits are out[row][0], where its draft begins)
         held = {}
         for b in active:
             begins = len(b.prompt.tokens)
-            held[b] = (begins + len(drafts.get(b, [])) - max(len(feeds[b.row]), 1), begins)
+            held[b] = (begins + len(drafts.get(b, [])) - len(out[b.row]), begins)
         going = list(active)
         while going:
             t0 = time.perf_counter()

@@ -28,7 +28,7 @@ class Batch(Protocol):
         passes a hole's allowed tokens when they are few). The ids given are always exact.
         """
 
-    def step_all(self, feeds: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    def step_all(self, feeds: Sequence[Sequence[int]], last: Sequence[int] | None = None) -> list[np.ndarray]:
         """`step` that keeps the logits after every token fed: one forward pass, each token once.
 
         Per row a numpy float32 array (len(feed), len(vocabulary)), owned by the caller: row r's
@@ -37,6 +37,11 @@ class Batch(Protocol):
         `step_all(feeds)[r][-1]`. Speculative drafts are verified this way: the interpreter feeds
         a draft, reads the logits at each of its positions, then `truncate`s what it rejects, and
         the rows afterwards are as if the rejected tokens had never been fed.
+
+        `last`: per row, how many of its last tokens fed the caller needs the logits after (1 or
+        more); row r's array is then the last min(last[r], len(feed)) lines of the full one, and a
+        backend need not compute the others. A prompt or a forced text fed with a draft after it
+        needs only the logits of the draft's positions and of the token before them.
         """
 
     def score(self, row: int, continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
@@ -87,3 +92,7 @@ class LanguageModel(Protocol):
     # Optional: `pass_cost(width) -> float`, a pass feeding `width` tokens to a row against one
     # feeding 1. Speculative drafts are weighed on it where a model declares it (the fake and
     # random models: 1.0 at any width), else on the pass times measured as the model runs.
+    # Optional: `batch_exact = False` where a token fed with others gets other logits than fed
+    # alone beyond float rounding (llama.cpp's CPU kernels, docs/engines.md "Numerics"): the
+    # drafter then never guesses a healed token (the value's most uncertain choice) and sends no
+    # draft after a prompt.

@@ -129,16 +129,18 @@ class FakeBatch:
                 out[r] = kept
         return out
 
-    def step_all(self, feeds: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    def step_all(self, feeds: Sequence[Sequence[int]], last: Sequence[int] | None = None) -> list[np.ndarray]:
         if len(feeds) != len(self._rows):
             raise ValueError(f"step_all() got {len(feeds)} feeds for {len(self._rows)} rows")
         self.forward_passes += 1
         out = []
-        for row, feed in zip(self._rows, feeds):
+        for r, (row, feed) in enumerate(zip(self._rows, feeds)):
             steps = []
-            for token in feed:
+            wanted = len(feed) if last is None else max(last[r], 1)
+            for i, token in enumerate(feed):
                 row.append(token)
-                steps.append(self.model.logits_for(row))
+                if len(feed) - i <= wanted:
+                    steps.append(self.model.logits_for(row))
             self.tokens_fed += len(feed)
             if not steps:
                 steps.append(self.model.logits_for(row) if row else np.zeros(len(self.model.vocabulary), np.float32))

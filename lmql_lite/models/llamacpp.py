@@ -65,6 +65,8 @@ def load_model(name: str | None = None, *, device: str = "auto", dtype: str = "a
 class LlamaCppModel(ChatRoles):
     """A GGUF model and its tokenizer on llama.cpp, as the interpreter sees them (see `models.base.LanguageModel`)."""
 
+    batch_exact = False  # a token fed after a prompt and fed alone differ by up to 1.0 in their logits
+
     def __init__(self, path: Path, name: str, threads: int | None = None):
         self.name = name
         self.path = path
@@ -306,12 +308,13 @@ class LlamaCppBatch:
         self._decode(self._inputs(feeds), last_only=True)
         return self._last.copy()
 
-    def step_all(self, feeds: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    def step_all(self, feeds: Sequence[Sequence[int]], last: Sequence[int] | None = None) -> list[np.ndarray]:
         """Like `step` (one pass, each token fed once), but per row the logits after every token fed,
-        (len(feed), vocab); a row fed nothing gets (1, vocab), the logits after its last token."""
+        (len(feed), vocab), or after the last `last[r]` of them only: llama.cpp computes the
+        logits of the positions flagged; a row fed nothing gets (1, vocab), those after its last token."""
         self._check(feeds)
         inputs = self._inputs(feeds)
-        out = self._decode(inputs, last_only=False)
+        out = self._decode(inputs, last_only=False, tail=last)
         return [logits.copy() if feed else self._last[row][None].copy()
                 for row, (feed, logits) in enumerate(zip(feeds, out))]
 
@@ -414,10 +417,10 @@ class LlamaCppBatch:
         self.truncate(row, len(tokens) - 1)
         return [token]
 
-    def _decode(self, feeds: list[list[int]], last_only: bool, rows=None) -> list[np.ndarray]:
+    def _decode(self, feeds: list[list[int]], last_only: bool, rows=None, tail=None) -> list[np.ndarray]:
         """Feed the tokens (one llama_decode unless they outgrow the context's batch); keep each fed
         row's last logits in `_last`, and give per row the logits after each token fed (all of them for
-        `rows`, every row when None; only the last one with `last_only`)."""
+        `rows`, every row when None; only the last one with `last_only`; the last `tail[r]` of row r's)."""
         total = sum(map(len, feeds))
         if total == 0:
             return [np.zeros((0, self._width), dtype=np.float32) for _ in feeds]
@@ -427,7 +430,9 @@ class LlamaCppBatch:
                              f"model's context of {self._model.context_limit} tokens")
         if longest > self._context.cells:
             self._grow(_power_of_two(longest))
-        wanted = [bool(feed) and (rows is None or r in rows) for r, feed in enumerate(feeds)]
+        # per row, how many of its last positions get logits
+        wanted = [0 if not feed else 1 if last_only or rows is not None and r not in rows
+                  else len(feed) if tail is None else min(len(feed), max(tail[r], 1)) for r, feed in enumerate(feeds)]
         if self._feed.capacity < total:
             self._feed = _Feed(max(total, 2 * self._feed.capacity))
         feed = self._feed
@@ -440,8 +445,8 @@ class LlamaCppBatch:
             feed.token[at:at + n] = tokens
             feed.pos[at:at + n] = np.arange(start, start + n)
             feed.seq[at:at + n] = self._seq[r]
-            feed.logits[at:at + n] = 0 if last_only or not wanted[r] else 1
-            feed.logits[at + n - 1] = 1
+            feed.logits[at:at + n - wanted[r]] = 0
+            feed.logits[at + n - wanted[r]:at + n] = 1
             at += n
         logits = self._run(feed, total)
         self._copied.clear()
@@ -455,7 +460,7 @@ class LlamaCppBatch:
             if not n:
                 out.append(np.zeros((0, self._width), dtype=np.float32))
                 continue
-            k = 1 if last_only or not wanted[r] else n
+            k = wanted[r]
             out.append(logits[at:at + k])
             if self._last is not logits:
                 self._last[r] = logits[at + k - 1]

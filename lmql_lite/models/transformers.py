@@ -245,15 +245,16 @@ class TransformersBatch:
         last = self._run(feeds, False, only)
         return _owned(last)
 
-    def step_all(self, feeds: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        """`step` with the logits after every token fed: per row (len(feed), vocab); (1, vocab) for a row fed nothing."""
+    def step_all(self, feeds: Sequence[Sequence[int]], last: Sequence[int] | None = None) -> list[np.ndarray]:
+        """`step` with the logits after every token fed (after the last `last[r]` of row r's only):
+        per row (len(feed), vocab); (1, vocab) for a row fed nothing."""
         # A truncated row fed nothing has no logits at hand: its last token is fed again, and only its logits kept.
         again = [not feed and not self._fresh[row] and bool(self._rows[row]) for row, feed in enumerate(feeds)]
         inputs = [self._back_up(row) if back else list(feed) for row, (feed, back) in enumerate(zip(feeds, again))]
         if not any(inputs):
-            last = self._previous()
-            return [_owned(last[row:row + 1]) for row in range(len(inputs))]
-        out = self._run(inputs, True)
+            previous = self._previous()
+            return [_owned(previous[row:row + 1]) for row in range(len(inputs))]
+        out = self._run(inputs, True, tail=last)
         return [_owned(out[row] if inputs[row] else self._last[row:row + 1]) for row in range(len(inputs))]
 
     @torch.inference_mode()
@@ -282,9 +283,9 @@ class TransformersBatch:
         return scores
 
     @torch.inference_mode()
-    def _run(self, feeds: Sequence[Sequence[int]], all_logits: bool, only=None):
+    def _run(self, feeds: Sequence[Sequence[int]], all_logits: bool, only=None, tail=None):
         """The forward pass behind `step` (logits (rows, vocab)) and `score` (`all_logits`: per row
-        the logits after each token fed to it, (len(feed), vocab))."""
+        the logits after each token fed to it, (len(feed), vocab); after its last `tail[r]` only)."""
         if len(feeds) != len(self._rows):
             raise ValueError(f"step() got {len(feeds)} feeds for {len(self._rows)} rows")
         feeds = [list(feed) for feed in feeds]
@@ -302,8 +303,10 @@ class TransformersBatch:
             arguments = {"input_ids": torch.tensor(inputs).to(self._device)}  # made on the host: faster than device=cpu
         else:
             arguments = self._padded_inputs(inputs, k)
+        # the positions whose logits are wanted, at the end of the padded feed (each row's last token is last)
+        kept = 1 if not all_logits else k if tail is None else min(k, max(max(n, 1) for n in tail))
         if head is None:
-            keep = {self._keep_name: 0 if all_logits else 1} if self._keep_name else {}
+            keep = {self._keep_name: 0 if kept == k else kept} if self._keep_name else {}
             out = self._module(**arguments, **self._call, **keep)
         else:
             hidden = head.body(**arguments, **{head.cache_name: self._cache, "use_cache": True})
@@ -339,7 +342,9 @@ class TransformersBatch:
                            for row, (fresh, feed) in enumerate(zip(self._fresh, inputs))]
         self._last = last
         if all_logits:
-            return [logits[row, k - len(feed):] for row, feed in enumerate(feeds)]
+            logits = logits[:, -kept:]  # a model without logits_to_keep gave every position
+            return [logits[row, kept - min(len(feed), kept if tail is None else max(tail[row], 1)):]
+                    for row, feed in enumerate(feeds)]
         return last
 
     def _check_positions(self, inputs: list[list[int]]) -> None:

@@ -208,6 +208,27 @@ def test_step_all_gives_the_step_by_step_logits_of_every_token_fed(model):
     close(model, batch.step([[], [], []])[0], fresh_logits(model, prefixes[0] + feeds[0]))
 
 
+def test_step_all_gives_the_last_logits_asked_for_of_each_row(model):
+    # A prompt with a draft after it: only the draft's positions and the one before them are read.
+    rng = random.Random(7)
+    prefixes = [model.bos_ids + model.encode(TEXTS[1]), ordinary(model, 2, rng), ordinary(model, 3, rng)]
+    feeds = [ordinary(model, 6, rng), ordinary(model, 2, rng), []]
+    batch = model.batch(3)
+    batch.step(prefixes)
+    passes, fed = batch.forward_passes, batch.tokens_fed
+    out = batch.step_all(feeds, last=[2, 5, 1])
+    assert (batch.forward_passes, batch.tokens_fed) == (passes + 1, fed + 8)  # one pass, each token once
+    assert [o.shape for o in out] == [(2, len(model.vocabulary)), (2, len(model.vocabulary)),
+                                     (1, len(model.vocabulary))]
+    for row, (prefix, feed, first) in enumerate(zip(prefixes, feeds, (4, 0, 0))):
+        assert batch.tokens(row) == prefix + feed
+        for i, line in enumerate(out[row]):
+            close(model, line, fresh_logits(model, prefix + feed[:first + i + 1]))
+    # the rows go on as after any pass
+    more = ordinary(model, 1, rng)
+    close(model, batch.step([more, [], []])[0], fresh_logits(model, prefixes[0] + feeds[0] + more))
+
+
 def test_step_all_then_truncating_a_rejected_draft_leaves_no_trace_of_it(model):
     rng = random.Random(6)
     prefix, draft, other = model.bos_ids + model.encode(TEXTS[1]), ordinary(model, 5, rng), ordinary(model, 4, rng)

@@ -61,3 +61,32 @@ def test_a_batch_with_drafts_writes_what_each_row_writes_alone(default_model):
     together = dict(api.run_batch(source, rows, model=default_model, batch_size=3))
     alone = dict(api.run_batch(source, rows, model=default_model, batch_size=1, speculate=False))
     assert [together[i].prompt for i in range(3)] == [alone[i].prompt for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def transformers_model():
+    from lmql_lite.models import load_model
+    return load_model(None, engine="transformers")
+
+
+def test_a_healed_token_is_guessed_in_the_prompts_pass(transformers_model):
+    # Healing takes the prompt's last token back (`A:` ends in ":"); without drafts the model's
+    # choice in its place costs a pass of its own, with them it is guessed in the prompt's pass.
+    source = f'"Article: {DOC}\\nQ: Where is the new centre?\\nA:[A]" where len(TOKENS(A)) < 6\n'
+    on = lmql_lite.run(source, model=transformers_model, trace=True)
+    off = lmql_lite.run(source, model=transformers_model, trace=True, speculate=False)
+    assert on.prompt == off.prompt and on.logprob == pytest.approx(off.logprob, abs=1e-3)
+    assert on.trace.tokens[0].how == "chosen" and on.trace.tokens[0].text.startswith(":")
+    assert on.trace.forward_passes < off.trace.forward_passes and on.trace.accepted_tokens >= 1
+    two = lmql_lite.run(source, model=transformers_model, trace=True, max_tokens=2)  # the healed token and one more
+    assert two.variables["A"] == on.variables["A"][:len(two.variables["A"])]
+    assert (two.trace.forward_passes, two.trace.drafted_tokens, two.trace.accepted_tokens) == (1, 1, 1)
+
+
+def test_llama_cpp_guesses_no_healed_token(default_model):
+    # Its batched passes round otherwise than one-token passes (docs/engines.md, "Numerics"): a guess
+    # in the prompt's pass would move the value's first choice off what plain decoding sees.
+    from lmql_lite import decoders, speculate
+    drafter = speculate.for_options(decoders.DecoderOptions(), default_model, speculate.Spellings(default_model.encode))
+    exact = getattr(default_model, "batch_exact", True)
+    assert drafter.heal is exact and (drafter.queued_limit is None) is exact

@@ -61,6 +61,28 @@ def test_a_proposal_may_run_into_the_rows_own_end(fake):
     assert fake.decode(found.tokens) == " abcd"
 
 
+def test_a_value_that_starts_after_punctuation_is_looked_up_as_a_word(fake):
+    # `"Dr` has no match of 3 bytes, but the document spells the word ` Dr`; `: 2` (too short) finds ` 2025`.
+    found = lookup(fake, shortest=3).propose(fake.encode('Led by Dr. Ada Byron. {"leader": "Dr'), 3)
+    assert fake.decode(found.tokens) == ". A" and found.evidence == len(" Dr")
+    found = lookup(fake, shortest=3).propose(fake.encode('It opens in 2025. {"opens": 2'), 3)
+    assert fake.decode(found.tokens) == "025" and found.evidence == len(" 2")
+    # the word needs a space before it earlier; a match of the row's own end comes first
+    assert lookup(fake, shortest=3).propose(fake.encode('Led by "Dr. Ada. {"leader": "Dr'), 3).evidence == len(' "Dr')
+    assert lookup(fake, shortest=3).propose(fake.encode('Led by-Dr. Ada. {"leader": "Dr'), 3) is None
+
+
+def test_punctuation_and_the_end_of_a_word_are_no_match(fake):
+    # Both keys end in `s": "`: what followed the first is its value, no guess at the second's.
+    assert lookup(fake, shortest=3).propose(fake.encode('{"opens": "2025", "focus": "'), 3) is None
+    assert lookup(fake, shortest=3).propose(fake.encode('{"a": "x", "b": "'), 3) is None
+    # from the word's start, a match is one: ` the cat` of `wz the cat`
+    found = lookup(fake, shortest=3).propose(fake.encode("xyz the cat is. wz the cat"), 2)
+    assert found.evidence == len(" the cat") and fake.decode(found.tokens) == " i"
+    # a match cut by `longest` may start inside a word: the text before it was not compared
+    assert lookup(fake, longest=4).propose(fake.encode("xx ab cd1; ab cd"), 1).evidence == 4
+
+
 class Listed:
     """A proposer that always proposes the same tokens (to test the drafter's rules alone)."""
 
@@ -101,13 +123,81 @@ def test_forced_text_is_drafted_for_free(fake):
     assert fake.decode(draft) == "a-2024!"
 
 
+def test_a_healed_boundary_is_guessed_as_the_prompt_spelt_it(fake):
+    # Healing took the prompt's last token (" ") back: the draft's first token is that token, a
+    # guess of its own kind, counted model-wide and never in the hole's own history.
+    from types import SimpleNamespace
+    enc = fake.encode
+    guide = compile_guide(terms.Regex("X", r"[a-c]+"), "X", api._index(fake))
+    assert guide.heal(b" ")
+    prompt = enc("Name:")
+    f = SimpleNamespace(guide=guide, heal_prefix=b" ", start=len(prompt))
+    learned = speculate.Learned(lambda width: 1.0)
+    drafter = speculate.Drafter(Listed(enc("abc"), evidence=8), enc, fake.vocabulary.eos_ids, learned)
+    assert drafter.draft(f, prompt, 3) == enc(" ") + enc("abc")
+    drafter.kept(f, 1)  # the healed token kept, the first guess after it refused
+    prior = speculate.Learned.PRIOR[speculate.BOUNDARY] * 2
+    assert learned.chance(speculate.BOUNDARY) == pytest.approx((prior + 1) / 3)
+    assert learned.site(speculate.site_of(f)) == [0, 1]
+    assert learned.site((speculate.site_of(f), speculate.BOUNDARY)) == [1, 1]  # the boundary's own count
+    # past the hole's first token there is nothing to heal
+    guide.advance(enc(" ")[0])
+    assert drafter.draft(f, prompt + enc(" "), 2) == enc("abc")
+
+
+def test_a_healed_boundary_whose_guess_is_refused_is_guessed_no_more(fake):
+    # After `1. ` the model writes ` Apple`, not the space alone: once refused at this hole, no more guesses there.
+    from types import SimpleNamespace
+    enc = fake.encode
+    learned = speculate.Learned(lambda width: 1.0 if width == 1 else 1.3)
+    drafter = speculate.Drafter(Listed([]), enc, fake.vocabulary.eos_ids, learned)
+
+    program = SimpleNamespace(query=SimpleNamespace(source='"1.[X]"'))
+
+    def at_the_boundary():  # the same hole of the same query, run after run
+        guide = compile_guide(terms.Regex("X", r" ?[a-c]+"), "X", api._index(fake))
+        assert guide.heal(b" ")
+        return SimpleNamespace(guide=guide, heal_prefix=b" ", start=2, program=program,
+                               hole=SimpleNamespace(name="X", line=1, column=4))
+
+    f = at_the_boundary()
+    assert drafter.draft(f, enc("1."), 4) == enc(" ")
+    drafter.kept(f, 0)
+    assert learned.site((speculate.site_of(f), speculate.BOUNDARY)) == [0, 1]
+    assert drafter.draft(at_the_boundary(), enc("1."), 4) == []
+    # another hole's boundary still gets its guess
+    other = at_the_boundary()
+    other.hole = SimpleNamespace(name="X", line=2, column=4)
+    assert drafter.draft(other, enc("1."), 4) == enc(" ")
+
+
+def test_a_draft_must_pay_for_the_logits_a_plain_pass_over_few_tokens_skips():
+    drafter = speculate.Drafter(Listed([]), None, frozenset(), speculate.Learned(lambda width: 1.0))
+    refused = [0, 3]  # this hole's guesses: 0 kept of 3, a chance of about 0.22
+    assert drafter.worth([3], hole=refused) == 1
+    assert drafter.worth([3], hole=refused, sparse=True) == 0  # the plain pass is an eighth cheaper
+    assert drafter.worth([None], sparse=True) == 1  # a sure token pays all the same
+
+
+def test_a_healed_token_costs_no_pass_of_its_own(fake):
+    # Without drafts, healing costs a pass: the prompt without its last token, then the token the
+    # model chose in its place. With them, that token is guessed in the prompt's pass.
+    source = '"Name: [A]" where len(TOKENS(A)) < 3\n'
+    on, off = run(source, fake), run(source, fake, speculate=False)
+    assert on.prompt == off.prompt and on.trace.tokens_fed == off.trace.tokens_fed
+    assert (on.trace.forward_passes, off.trace.forward_passes) == (1, 2)
+    assert (on.trace.drafted_tokens, on.trace.accepted_tokens) == (1, 1)
+    unhealed = run('argmax(healing=False)\n' + source, fake)
+    assert unhealed.trace.forward_passes == 2  # no healing: the value's two tokens, a pass each
+
+
 def linear(per_token):
     return speculate.Learned(lambda width: 1.0 + per_token * (width - 1))
 
 
 def test_a_draft_is_cut_where_it_pays_most():
     drafter = speculate.Drafter(Listed([]), None, frozenset(), linear(0.6))
-    # llama.cpp on a CPU: each extra token costs 0.6 of a pass; a short match's guess (kept 45% of the time) does not pay
+    # llama.cpp on a CPU: each extra token costs 0.6 of a pass; a short match's guess (kept about half the time) does not pay
     assert drafter.worth([3, 3, 3, 3]) == 0
     # a token the hole must take pays there (2 tokens for 1.6 passes), the guesses after it do not
     assert drafter.worth([None, 3, 3]) == 1
