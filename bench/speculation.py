@@ -35,8 +35,7 @@ DOCUMENT = ("Northwind Labs announced on Monday that Dr. Helena Vasquez-Moreau w
 SUITE: list[tuple[str, str, str]] = [
     ("name", "copy a name from a paragraph", r'''argmax
     "Article: {doc}\n"
-    "Q: Who will lead the new research centre? Give the full name.\n"
-    "A:[NAME]" where STOPS_AT(NAME, "\n") and len(TOKENS(NAME)) < 24
+    "Name of the person who will lead the research centre:[NAME]" where STOPS_AT(NAME, "\n") and len(TOKENS(NAME)) < 24
     return NAME.strip()
 '''),
     ("quote", "quote a sentence", r'''argmax
@@ -113,7 +112,8 @@ def guesses(speculate, as_json: bool) -> int:
         hits, trials = learned.observed(strength)
         if not trials:
             continue
-        rows.append({"strength": strength, "match_bytes": f"{2 ** (strength - 1)}-{2 ** strength - 1}",
+        label = "boundary token" if strength == speculate.BOUNDARY else f"{2 ** (strength - 1)}-{2 ** strength - 1}"
+        rows.append({"strength": strength, "match_bytes": label,
                      "guesses": round(trials), "kept": round(hits), "share": hits / trials if trials else None})
     if as_json:
         print(json.dumps({"machine": common.machine_note(), "guesses": rows}, indent=2))
