@@ -4,8 +4,8 @@ Run:  flock /tmp/lmql-bench.lock python bench/speculation.py            table
       flock /tmp/lmql-bench.lock python bench/speculation.py --json     one JSON document
 Options: --reps N (default 5), --threads N, --only name,name, --longest N, --shortest N, --draft N
 (the lookup's longest and shortest text match in bytes, the most draft tokens per pass, to tune
-them); --guesses: no timing, drafts forced on, the share of guesses kept by match length (what
-`speculate.Learned.PRIOR` is set from).
+them); --guesses: no timing, drafts forced on, the share of guesses kept, for boundary tokens
+and for matches by length (what `speculate.Learned.PRIOR` is set from).
 
 Each query copies from a document it is given (a name, a sentence, a JSON record, a span): the
 text a prompt-lookup draft finds in the prompt. Per query, in one process, each repetition runs
@@ -112,14 +112,14 @@ def guesses(speculate, as_json: bool) -> int:
         hits, trials = learned.observed(strength)
         if not trials:
             continue
-        label = "boundary token" if strength == speculate.BOUNDARY else f"{2 ** (strength - 1)}-{2 ** strength - 1}"
-        rows.append({"strength": strength, "match_bytes": label,
+        label = "boundary token" if strength == speculate.BOUNDARY else f"match of {2 ** (strength - 1)}-{2 ** strength - 1} bytes"
+        rows.append({"strength": strength, "guess": label,
                      "guesses": round(trials), "kept": round(hits), "share": hits / trials if trials else None})
     if as_json:
         print(json.dumps({"machine": common.machine_note(), "guesses": rows}, indent=2))
         return 0
-    print(common.table(("match bytes", "guesses", "kept", "share"),
-                       [(r["match_bytes"], r["guesses"], r["kept"], r["share"]) for r in rows],
+    print(common.table(("guess", "guesses", "kept", "share"),
+                       [(r["guess"], r["guesses"], r["kept"], r["share"]) for r in rows],
                        ("{}", "{}", "{}", "{:.2f}")))
     return 0
 
@@ -135,7 +135,7 @@ def main() -> int:
     ap.add_argument("--draft", type=int, help="draft tokens per pass at most")
     ap.add_argument("--guesses", action="store_true",
                     help="no timing: drafts forced on (every pass drafts what it can), over this suite and "
-                         "bench/run.py's; how many guesses were kept, by the length of the match they came from")
+                         "bench/run.py's; how many guesses were kept: boundary tokens, and matches by their length")
     args = ap.parse_args()
     threads = common.set_threads(args.threads)
     from lmql_lite import speculate
