@@ -182,14 +182,22 @@ class Runner:
         """Each active branch's draft for this pass, after what it queued (a prompt too: `step_all(last=)`
         computes the draft's logits only); none when no row has one."""
         d = self.drafter
-        if d is None or len(self.branches) > 1 and self.batch.forward_passes == 0:
-            return {}  # the first pass of several rows may be one prompt, encoded once (`_forward`)
+        if d is None or self._one_prompt(active):
+            return {}  # n rows of one prompt: `_forward` encodes it once and copies it
         if d.queued_limit is not None and any(len(b.prompt.tokens) - b.prompt.fed > d.queued_limit for b in active):
             return {}  # a prompt, on a model whose batched passes round otherwise (`Drafter.queued_limit`)
         drafts = {b: d.draft(b.filling, b.prompt.tokens, b.filling.room() - 1, len(b.prompt.tokens) - b.prompt.fed,
                              sparse=self._few_allowed(b) is not None)
                   for b in active}
         return {b: draft for b, draft in drafts.items() if draft}
+
+    def _one_prompt(self, active: list[Branch]) -> bool:
+        """Whether this is the first pass of several rows that all queue the same prompt (`argmax(n=)`,
+        `sample(n=)`): `_forward` encodes it once and copies it to every row."""
+        if len(self.branches) < 2 or self.batch.forward_passes or len(active) < len(self.branches):
+            return False
+        first = active[0].prompt
+        return all(b.prompt.tokens[b.prompt.fed:] == first.tokens[first.fed:] for b in active)
 
     def _verify(self, active: list[Branch], drafts: dict[Branch, list[int]]) -> None:
         """One pass over each row's queued tokens and its draft; the decoder chooses at each position in turn.

@@ -191,6 +191,18 @@ def test_a_healed_token_costs_no_pass_of_its_own(fake):
     assert unhealed.trace.forward_passes == 2  # no healing: the value's two tokens, a pass each
 
 
+def test_rows_of_different_prompts_guess_their_healed_tokens_in_the_first_pass(fake):
+    source = '"{who}: [A]" where len(TOKENS(A)) < 3\n'
+    rows = [{"who": "Name"}, {"who": "City of birth"}]
+    on = dict(api.run_batch(source, rows, model=fake, batch_size=2))
+    off = dict(api.run_batch(source, rows, model=fake, batch_size=2, speculate=False))
+    assert [on[i].prompt for i in range(2)] == [off[i].prompt for i in range(2)]
+    assert on[0].trace.forward_passes == 1 < off[0].trace.forward_passes  # guessed on the padded first pass
+    # n rows of one prompt: the prompt is encoded once and copied, no draft on that pass
+    both = run('argmax(n=2)\n"Name: [A]" where len(TOKENS(A)) < 3\n', fake)
+    assert [r.prompt for r in both] == [on[0].prompt] * 2 and all(r.trace.drafted_tokens == 0 for r in both)
+
+
 def linear(per_token):
     return speculate.Learned(lambda width: 1.0 + per_token * (width - 1))
 
