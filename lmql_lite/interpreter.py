@@ -150,6 +150,7 @@ class Runner:
         With `masked`, a branch whose mask allows few tokens asks for their logits only (the
         others may come back -inf); the decoders never look past the mask.
         """
+        one_prompt = self._one_prompt(active)  # asked before the rows' queues are taken
         feeds: list[list[int]] = [[] for _ in self.branches]
         only: list[np.ndarray | None] = [None] * len(self.branches)
         for b in active:
@@ -159,7 +160,7 @@ class Runner:
             if masked:
                 only[b.row] = self._few_allowed(b)
         rows = len(feeds)
-        if rows > 1 and self.batch.forward_passes == 0 and all(f == feeds[0] for f in feeds):
+        if one_prompt:
             # n samples of one prompt: encode the prompt once, then copy its cache to every row.
             self.batch.select([0])
             logits = self.batch.step(feeds[:1], only=only[:1])
